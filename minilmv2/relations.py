@@ -1,0 +1,243 @@
+"""Multi-head self-attention relation KL: the loss of MiniLMv2, formulas (5)-(8).
+
+Pure tensor math: knows nothing of models, files or ranks.
+
+For a pair of vector kinds (i, j) in {Q, K, V}, each model's states of shape (B, S, H) are split into A_r relation
+heads of size d_r = H / A_r, and per head
+
+    R_ij = softmax(A_i A_j^T / sqrt(d_r))                                   (5)-(6)
+    L_ij = 1 / (A_r |x|) * sum_{heads a, real query tokens t} KL(R_ij^T[a, t] || R_ij^S[a, t])   (7)
+
+averaged over the samples of the batch (samples without any real token are left out of the average).
+The total is the weighted sum over pairs (8).
+
+Why a custom autograd function: the B x A_r x S x S relation tensors are what makes this loss expensive
+(12.9 GB fp32 for B=256, A_r=48, S=512). Autograd would keep several of them alive until backward. The loss
+is a KL between two softmaxes, whose gradient with respect to the student logits is simply
+w_row * (q - p) (q = student softmax, p = teacher softmax, w_row = the row's weight in the loss). So the forward
+pass walks over chunks of (sample, relation head) groups, computes loss *and* the gradient of the student states
+for that chunk, and keeps only the (B, S, H) gradients. Peak memory is a few chunk-sized tensors, backward is a
+multiplication by grad_output, and no S x S tensor is ever recomputed.
+
+Numerics: all relation math runs in fp32 whatever the autocast dtype, and masked keys are filled with the most
+negative finite fp32 value (not -inf), so a row with no real key (a fully padded sample) is a uniform
+distribution rather than NaN; its weight in the loss is zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+
+# Vector kinds, numbered as in the first public reimplementation's `relations` argument.
+QUERY, KEY, VALUE = 1, 2, 3
+KIND_NAMES = {QUERY: "Q", KEY: "K", VALUE: "V"}
+
+# Elements of one (chunk, S, S) fp32 tensor. A chunk step holds about six of them at once.
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**27}
+
+_MASK_FILL = torch.finfo(torch.float32).min
+
+
+def split_relation_heads(states: torch.Tensor, num_relation_heads: int) -> torch.Tensor:
+    """(B, S, H) -> (B * A_r, S, H / A_r): one row block per (sample, relation head) group."""
+    batch, seq, hidden = states.shape
+    head_size = hidden // num_relation_heads
+    return (
+        states.reshape(batch, seq, num_relation_heads, head_size)
+        .transpose(1, 2)
+        .reshape(batch * num_relation_heads, seq, head_size)
+    )
+
+
+def merge_relation_heads(groups: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of `split_relation_heads`: (B * A_r, S, d_r) -> (B, S, A_r * d_r)."""
+    total, seq, head_size = groups.shape
+    heads = total // batch
+    return groups.reshape(batch, heads, seq, head_size).transpose(1, 2).reshape(batch, seq, heads * head_size)
+
+
+def relation_row_weights(key_mask: torch.Tensor, num_relation_heads: int) -> torch.Tensor:
+    """Weight of each (sample, query token) KL row in the loss, fp32 (B, S).
+
+    A real query token of sample b weighs 1 / (A_r * |x_b| * B'), where B' counts the samples that have at
+    least one real token: formula (7) per sample, then the batch mean. Padded rows weigh zero.
+    """
+    mask = key_mask.to(torch.float32)
+    tokens = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    nonempty = (tokens > 0).sum().clamp(min=1)
+    return mask / (tokens.clamp(min=1) * num_relation_heads * nonempty)
+
+
+def _relation_log_probs(left: torch.Tensor, right: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """log softmax(left right^T / sqrt(d_r)) over real keys, fp32 (G, S, S) for (G, S, d_r) inputs."""
+    # Scaling the (G, S, d_r) input is cheaper than scaling the (G, S, S) product.
+    scaled_left = left.float() * (1.0 / math.sqrt(left.shape[-1]))
+    logits = torch.bmm(scaled_left, right.float().transpose(1, 2))
+    logits = logits.masked_fill(~key_mask[:, None, :], _MASK_FILL)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def relation_kl_chunk(
+    teacher_left: torch.Tensor,
+    teacher_right: torch.Tensor,
+    student_left: torch.Tensor,
+    student_right: torch.Tensor,
+    key_mask: torch.Tensor,
+    row_weight: torch.Tensor,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Weighted relation KL of one chunk of G groups, and the gradients of the student states.
+
+    Args: teacher_* (G, S, d_t), student_* (G, S, d_s), key_mask bool (G, S), row_weight fp32 (G, S).
+    Returns: loss (fp32 scalar), d loss / d student_left and d student_right (G, S, d_s, fp32) or None.
+    """
+    teacher_log_p = _relation_log_probs(teacher_left, teacher_right, key_mask)
+    student_log_q = _relation_log_probs(student_left, student_right, key_mask)
+    teacher_p = teacher_log_p.exp()
+    # Masked keys have p = 0 exactly (exp of a hugely negative number), so they add nothing.
+    row_kl = (teacher_p * (teacher_log_p - student_log_q)).sum(dim=-1)  # (G, S)
+    loss = (row_kl * row_weight).sum()
+    if not need_grad:
+        return loss, None, None
+    # d KL(p || softmax(z)) / dz = q - p, times the row weight and the 1/sqrt(d_r) of the logits.
+    scale = 1.0 / math.sqrt(student_left.shape[-1])
+    grad_logits = (student_log_q.exp() - teacher_p) * (row_weight * scale)[:, :, None]  # (G, S, S)
+    grad_left = torch.bmm(grad_logits, student_right.float())
+    grad_right = torch.bmm(grad_logits.transpose(1, 2), student_left.float())
+    return loss, grad_left, grad_right
+
+
+# Set by `use_compiled_chunks`; the plain PyTorch function above is the reference path.
+_chunk_fn: Callable = relation_kl_chunk
+
+
+def use_compiled_chunks(enabled: bool = True) -> None:
+    """Run the chunk math through torch.compile (fuses the elementwise passes over the S x S tensors)."""
+    global _chunk_fn
+    _chunk_fn = torch.compile(relation_kl_chunk, dynamic=False) if enabled else relation_kl_chunk
+
+
+class _RelationKL(torch.autograd.Function):
+    """Loss of one relation pair; the forward also computes the student gradients (see module docstring)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        teacher_left: torch.Tensor,
+        teacher_right: torch.Tensor,
+        student_left: torch.Tensor,
+        student_right: torch.Tensor,
+        key_mask: torch.Tensor,
+        num_relation_heads: int,
+        chunk_elements: int,
+    ) -> torch.Tensor:
+        batch, seq = key_mask.shape
+        heads = num_relation_heads
+        need_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        t_left, t_right = (
+            split_relation_heads(teacher_left, heads),
+            split_relation_heads(teacher_right, heads),
+        )
+        s_left, s_right = (
+            split_relation_heads(student_left, heads),
+            split_relation_heads(student_right, heads),
+        )
+        group_mask = key_mask.repeat_interleave(heads, dim=0)  # (B * A_r, S)
+        group_weight = relation_row_weights(key_mask, heads).repeat_interleave(heads, dim=0)
+        groups_per_chunk = max(1, chunk_elements // (seq * seq))
+
+        loss = torch.zeros((), dtype=torch.float32, device=key_mask.device)
+        grad_left = torch.empty_like(s_left, dtype=torch.float32) if need_grad else None
+        grad_right = torch.empty_like(s_right, dtype=torch.float32) if need_grad else None
+        # Autocast would run the relation matmuls in bf16/fp16; this math stays in fp32 by design.
+        with torch.autocast(key_mask.device.type, enabled=False):
+            for start in range(0, batch * heads, groups_per_chunk):
+                part = slice(start, start + groups_per_chunk)
+                chunk_loss, chunk_grad_left, chunk_grad_right = _chunk_fn(
+                    t_left[part],
+                    t_right[part],
+                    s_left[part],
+                    s_right[part],
+                    group_mask[part],
+                    group_weight[part],
+                    need_grad,
+                )
+                loss = loss + chunk_loss
+                if need_grad:
+                    grad_left[part] = chunk_grad_left
+                    grad_right[part] = chunk_grad_right
+        if need_grad:
+            ctx.save_for_backward(
+                merge_relation_heads(grad_left, batch).to(student_left.dtype),
+                merge_relation_heads(grad_right, batch).to(student_right.dtype),
+            )
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_left, grad_right = ctx.saved_tensors
+        return None, None, grad_output * grad_left, grad_output * grad_right, None, None, None
+
+
+def relation_pair_loss(
+    teacher_left: torch.Tensor,
+    teacher_right: torch.Tensor,
+    student_left: torch.Tensor,
+    student_right: torch.Tensor,
+    key_mask: torch.Tensor,
+    num_relation_heads: int,
+    chunk_elements: int | None = None,
+) -> torch.Tensor:
+    """L_ij of formula (7): relation KL between teacher and student for one pair of vector kinds.
+
+    Args:
+        teacher_left, teacher_right: teacher states of kinds i and j, (B, S, H_t). Treated as constants.
+        student_left, student_right: student states of kinds i and j, (B, S, H_s).
+        key_mask: (B, S), true for real tokens; any padding side, and fully padded rows, are fine.
+        num_relation_heads: A_r; must divide H_t and H_s.
+        chunk_elements: bound on the elements of one (groups, S, S) fp32 tensor; None picks one per device.
+    Returns: fp32 scalar.
+    """
+    if chunk_elements is None:
+        chunk_elements = DEFAULT_CHUNK_ELEMENTS.get(key_mask.device.type, DEFAULT_CHUNK_ELEMENTS["cuda"])
+    return _RelationKL.apply(
+        teacher_left,
+        teacher_right,
+        student_left,
+        student_right,
+        key_mask.bool(),
+        num_relation_heads,
+        chunk_elements,
+    )
+
+
+def relation_loss(
+    teacher_states: Mapping[int, torch.Tensor],
+    student_states: Mapping[int, torch.Tensor],
+    key_mask: torch.Tensor,
+    relations: Mapping[tuple[int, int], float],
+    num_relation_heads: int,
+    chunk_elements: int | None = None,
+) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
+    """Formula (8): sum over relation pairs (i, j) of weight * L_ij.
+
+    Args: *_states map a vector kind (1=Q, 2=K, 3=V) to (B, S, H) states; key_mask (B, S).
+    Returns: the total (fp32 scalar) and each pair's unweighted loss.
+    """
+    pair_losses = {
+        (i, j): relation_pair_loss(
+            teacher_states[i],
+            teacher_states[j],
+            student_states[i],
+            student_states[j],
+            key_mask,
+            num_relation_heads,
+            chunk_elements,
+        )
+        for (i, j) in relations
+    }
+    total = sum(weight * pair_losses[pair] for pair, weight in relations.items())
+    return total, pair_losses
