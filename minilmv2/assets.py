@@ -171,9 +171,7 @@ def fetch(package: Package, downloads: Path) -> Path:
     else:
         _debian_download(package, downloads)
     if not path.exists():
-        raise UsageError(
-            f"{package.registry} gave no {package.filename} for {package.name}=={package.version}"
-        )
+        raise UsageError(f"{package.registry} gave no {package.filename} for {package.name}=={package.version}")
     actual = sha256_of(path)
     if actual != package.sha256:
         path.unlink()
@@ -271,7 +269,12 @@ def extract_deb(deb: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if shutil.which("dpkg-deb"):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(out_dir)], check=True)
-        return
+    else:
+        unpack_deb_in_python(deb, out_dir)
+
+
+def unpack_deb_in_python(deb: Path, out_dir: Path) -> None:
+    """A .deb is an `ar` archive (debian-binary, control.tar.*, data.tar.*); the files are in data.tar.*."""
     data = deb.read_bytes()
     if not data.startswith(b"!<arch>\n"):
         raise RuntimeError(f"{deb.name} is not an ar archive")
@@ -480,12 +483,8 @@ def default_dest() -> Path:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--dest", type=Path, default=None, help="assets folder (default $MINILMV2_ASSETS or ./.assets)"
-    )
-    parser.add_argument(
-        "--only", default=None, help=f"comma-separated subset of {','.join(PARTS)} (default all)"
-    )
+    parser.add_argument("--dest", type=Path, default=None, help="assets folder (default $MINILMV2_ASSETS or ./.assets)")
+    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(PARTS)} (default all)")
     args = parser.parse_args(argv)
     parts = parse_parts(args.only)
     dest = (args.dest or default_dest()).resolve()
@@ -496,9 +495,7 @@ def main(argv: list[str] | None = None) -> None:
         part_dir = dest / part
         if (part_dir / SOURCE_FILE).exists():
             if part == "corpus" and not corpus_configs_point_here(part_dir):
-                train, val = (
-                    shard_names(part_dir / name) for name in ("train_config.json", "val_config.json")
-                )
+                train, val = (shard_names(part_dir / name) for name in ("train_config.json", "val_config.json"))
                 write_corpus_configs(part_dir, part_dir, train, val)
                 print(f"{part}: cached; rewrote its configs for the new location {part_dir}")
             else:
