@@ -1,0 +1,418 @@
+#!/usr/bin/env python
+"""Fine-tune and score a model (the distilled student, or any encoder directory) on a GLUE or offline task.
+
+It reads like Hugging Face's examples/pytorch/text-classification/run_glue.py, rewritten for transformers 5
+and for machines without the hub: GLUE comes from the standard TSV folder, csv/json files or (online) the hub,
+metrics are computed with scikit-learn/scipy, and two real tasks need no GLUE at all.
+
+    # GLUE from the TSV layout (GLUE_DIR/SST-2/{train,dev}.tsv, ...)
+    python hf_run_evaluation.py --model_name_or_path runs/student --task_name sst2 --glue_dir GLUE_DIR \\
+        --do_train --do_eval --max_seq_length 128 --per_device_train_batch_size 32 --learning_rate 2e-5 \\
+        --num_train_epochs 3 --warmup_steps 0.1 --weight_decay 0.01 --seed 42 --output_dir runs/eval/sst2
+
+    # offline tasks, no GLUE needed: tweet_sentiment (3 classes) or bbc_news (5 topics)
+    python hf_run_evaluation.py --model_name_or_path runs/student --task_name bbc_news --do_train --do_eval \\
+        --max_train_samples 512 --output_dir runs/eval/bbc_news
+
+    # all arguments from one json file
+    python hf_run_evaluation.py args.json
+
+Results go to <output_dir>/eval_results.json and all_results.json with run_glue's keys (eval_accuracy,
+eval_f1, eval_matthews_correlation, eval_pearson, ...; mnli adds the mismatched set's keys with an `_mm`
+suffix). A directory that already holds a finished run is refused unless --overwrite_output_dir is given;
+one holding checkpoints of an unfinished run is resumed from the last one. run_eval.sh sweeps this script
+over learning rates and epochs.
+
+Transformers-5 notes for run_glue users: `--eval_strategy` (not --evaluation_strategy), `--warmup_steps 0.1`
+is a ratio (--warmup_ratio is gone), `--overwrite_output_dir` is ours (TrainingArguments dropped it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+from minilmv2 import glue  # noqa: E402
+from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
+
+# Files whose presence means a run in that output directory got to the end (we write them last).
+FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
+
+
+@dataclass
+class ModelArguments:
+    """Which model/config/tokenizer to fine-tune from."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Model directory (e.g. the distilled student) or, online, a hub model id."}
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer name or path, if not the model's (students carry theirs)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache hub downloads."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise a classification head whose size does not match."}
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data to fine-tune and score on, and how to feed it."""
+
+    task_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "GLUE task ("
+            + ", ".join(glue.GLUE_TASKS)
+            + ") or offline task ("
+            + ", ".join(glue.OFFLINE_TASKS)
+            + ")."
+        },
+    )
+    glue_dir: str | None = field(
+        default=None, metadata={"help": "GLUE root in the standard TSV layout (SST-2/, MRPC/, CoLA/, ...)."}
+    )
+    offline_data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Raw files of the offline tasks (default: $MINILMV2_ASSETS/tasks or .assets/tasks)."},
+    )
+    train_file: str | None = field(default=None, metadata={"help": "csv/json training file (run_glue style)."})
+    validation_file: str | None = field(default=None, metadata={"help": "csv/json validation file."})
+    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every input to max_seq_length instead of per batch (dynamic)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N dev examples."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenising."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in output_dir instead of refusing."}
+    )
+    save_final_model: bool = field(
+        default=True, metadata={"help": "Save the fine-tuned model to output_dir (sweeps may turn it off)."}
+    )
+
+
+def parse_arguments(argv: list[str] | None):
+    """(ModelArguments, DataTrainingArguments, TrainingArguments) from argv or from one .json file."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+
+    def refuse(message: str):  # argparse would print the whole usage; we print one line
+        raise UsageError(message)
+
+    parser.error = refuse
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            if not Path(argv[0]).is_file():
+                raise UsageError(f"argument file {argv[0]!r} does not exist")
+            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        return parser.parse_args_into_dataclasses(args=argv)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as err:  # TrainingArguments.__post_init__ validates its own values
+        raise UsageError(str(err).strip().splitlines()[0]) from None
+
+
+def check_model_dir(name_or_path: str, option: str = "--model_name_or_path") -> None:
+    """UsageError unless `name_or_path` is a model directory with a readable config.json.
+
+    A string that is not an existing path and does not look like one is a hub id: refused only when offline.
+    """
+    from huggingface_hub import constants
+
+    path = Path(name_or_path)
+    looks_like_path = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if not looks_like_path:
+        if constants.HF_HUB_OFFLINE:
+            raise UsageError(
+                f"{option} {name_or_path!r} is not a local directory and the hub is offline "
+                "(HF_HUB_OFFLINE=1); pass a model directory holding config.json"
+            )
+        return
+    if not path.is_dir():
+        raise UsageError(f"{option} {name_or_path!r} is not a directory; pass a model directory holding config.json")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UsageError(
+            f"{option} {name_or_path!r} has no config.json; pass a directory written by "
+            "save_pretrained (e.g. the distilled student)"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{config_path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise UsageError(f"{config_path} has no 'model_type'; it is not a transformers model config")
+
+
+def find_tokenizer_files(directory: Path) -> bool:
+    """True when a directory holds any tokenizer file AutoTokenizer can load."""
+    names = (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "vocab.json",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+    )
+    return any((directory / name).is_file() for name in names)
+
+
+def check_arguments(
+    model_args: ModelArguments, data_args: DataTrainingArguments, training_args
+) -> glue.TaskSpec | None:
+    """Every start-up check on user input; UsageError on the first bad value. Writes nothing.
+
+    Returns the task spec (None when the task is defined by csv/json files alone).
+    """
+    if not (training_args.do_train or training_args.do_eval):
+        raise UsageError("nothing to do: pass --do_train and/or --do_eval")
+    if training_args.do_predict:
+        raise UsageError("--do_predict is not supported (GLUE test labels are hidden); use --do_eval on dev")
+    spec = glue.get_task(data_args.task_name) if data_args.task_name else None
+    files = data_files(data_args, training_args)
+    if spec is None and not files:
+        raise UsageError("no task: pass --task_name (" + ", ".join(glue.TASKS) + ") or --train_file/--validation_file")
+    if files and training_args.do_train and "train" not in files:
+        raise UsageError("--do_train needs --train_file next to --validation_file")
+    if files and training_args.do_eval and "validation" not in files:
+        raise UsageError("--do_eval needs --validation_file next to --train_file")
+
+    if files:
+        glue.check_data_files(files)
+        if data_args.glue_dir:
+            raise UsageError("pass either --glue_dir or --train_file/--validation_file, not both")
+    elif spec.name in glue.OFFLINE_TASKS:
+        if data_args.glue_dir:
+            raise UsageError(f"task {spec.name!r} is not a GLUE task; it reads --offline_data_dir, not --glue_dir")
+        glue.offline_task_paths(spec, data_args.offline_data_dir or glue.default_offline_data_dir())
+    elif data_args.glue_dir:
+        glue.glue_tsv_paths(spec, data_args.glue_dir, needed_splits(spec, training_args))
+
+    check_model_dir(model_args.model_name_or_path)
+    if model_args.config_name:
+        check_model_dir(model_args.config_name, "--config_name")
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    if Path(tokenizer_source).is_dir() and not find_tokenizer_files(Path(tokenizer_source)):
+        raise UsageError(
+            f"{tokenizer_source!r} holds no tokenizer files (tokenizer.json, vocab.txt, ...); pass --tokenizer_name DIR"
+        )
+
+    if data_args.max_seq_length < 1:
+        raise UsageError(f"--max_seq_length {data_args.max_seq_length} must be a positive number of tokens")
+    for option in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, option)
+        if value is not None and value < 1:
+            raise UsageError(f"--{option} {value} must be at least 1 (or left out for all examples)")
+
+    output_dir = Path(training_args.output_dir)
+    finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).is_file()]
+    if finished and not data_args.overwrite_output_dir:
+        raise UsageError(
+            f"--output_dir {str(output_dir)!r} already holds a finished run ({finished[0]}); "
+            "pass --overwrite_output_dir to replace it or choose another directory"
+        )
+    return spec
+
+
+def data_files(data_args: DataTrainingArguments, training_args) -> dict[str, str]:
+    """{split: path} of the csv/json files given; only the splits this run uses."""
+    files = {}
+    if data_args.train_file:
+        files["train"] = data_args.train_file
+    if data_args.validation_file:
+        files["validation"] = data_args.validation_file
+    return files
+
+
+def needed_splits(spec: glue.TaskSpec, training_args) -> list[str]:
+    """Splits this run reads: train when training, the task's dev split(s) when evaluating."""
+    return (["train"] if training_args.do_train else []) + (list(spec.eval_splits) if training_args.do_eval else [])
+
+
+def load_raw_datasets(spec, data_args, model_args, training_args):
+    """(DatasetDict in glue's schema, task spec) from whichever source the arguments name."""
+    files = data_files(data_args, training_args)
+    if files:
+        return glue.load_data_files(files, spec, cache_dir=model_args.cache_dir)
+    if spec.name in glue.OFFLINE_TASKS:
+        return glue.load_offline_task(spec, data_args.offline_data_dir or glue.default_offline_data_dir()), spec
+    splits = needed_splits(spec, training_args)
+    if data_args.glue_dir:
+        return glue.load_glue_dir(spec, data_args.glue_dir, splits), spec
+    return glue.load_glue_hub(spec, splits, cache_dir=model_args.cache_dir), spec
+
+
+def last_checkpoint_to_resume(training_args, overwrite: bool) -> str | None:
+    """The newest checkpoint-N of an unfinished run in output_dir (run_glue's behaviour), unless overwriting."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if overwrite or not training_args.do_train or not os.path.isdir(training_args.output_dir):
+        return None
+    return get_last_checkpoint(training_args.output_dir)
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the script; returns the metrics written to all_results.json."""
+    model_args, data_args, training_args = parse_arguments(argv)
+    spec = check_arguments(model_args, data_args, training_args)
+
+    # Heavy imports only after the arguments passed, so a typo costs no start-up time.
+    import transformers
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        EvalPrediction,
+        Trainer,
+        default_data_collator,
+        set_seed,
+    )
+
+    transformers.utils.logging.set_verbosity_warning()
+    set_seed(training_args.seed)
+
+    raw_datasets, spec = load_raw_datasets(spec, data_args, model_args, training_args)
+    print(glue.task_summary(spec), flush=True)
+
+    # ---- model and tokenizer (adapt here for architectures that need more than Auto* classes) ----------------
+    hub_kwargs = dict(
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path,
+        num_labels=spec.num_labels,
+        finetuning_task=spec.name,
+        **hub_kwargs,
+    )
+    if not spec.is_regression:
+        config.label2id = {name: index for index, name in enumerate(spec.label_names)}
+        config.id2label = dict(enumerate(spec.label_names))
+    else:
+        config.problem_type = "regression"
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub_kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **hub_kwargs,
+    )
+
+    max_seq_length = data_args.max_seq_length
+    if max_seq_length > tokenizer.model_max_length:
+        print(f"--max_seq_length {max_seq_length} exceeds the tokenizer's {tokenizer.model_max_length}; using that")
+        max_seq_length = tokenizer.model_max_length
+
+    # ---- tokenise -------------------------------------------------------------------------------------------------
+    first_key, second_key = spec.text_keys
+    padding = "max_length" if data_args.pad_to_max_length else False
+
+    def tokenize(batch):
+        texts = (batch[first_key],) if second_key is None else (batch[first_key], batch[second_key])
+        return tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
+
+    def prepare(split: str, limit: int | None):
+        dataset = raw_datasets[split]
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        text_columns = [key for key in spec.text_keys if key is not None]
+        return dataset.map(
+            tokenize,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=text_columns,
+            desc=f"Tokenising {split}",
+        )
+
+    train_dataset = prepare("train", data_args.max_train_samples) if training_args.do_train else None
+    eval_datasets = {}
+    if training_args.do_eval:
+        eval_datasets = {split: prepare(split, data_args.max_eval_samples) for split in spec.eval_splits}
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        predicted = np.squeeze(logits, axis=-1) if spec.is_regression else np.argmax(logits, axis=-1)
+        return glue.compute_metrics(spec, predicted, prediction.label_ids)
+
+    # Dynamic padding pads each batch to its longest input; padding to a multiple of 8 helps tensor cores.
+    if data_args.pad_to_max_length:
+        data_collator = default_data_collator
+    else:
+        multiple = 8 if (training_args.fp16 or training_args.bf16) else None
+        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+
+    # An unfinished run's checkpoints are resumed; a finished run being overwritten loses its result files
+    # now, so a crash in the new run cannot leave the old results looking like the new ones.
+    checkpoint = last_checkpoint_to_resume(training_args, data_args.overwrite_output_dir)
+    if data_args.overwrite_output_dir:
+        for name in FINISHED_RUN_FILES:
+            Path(training_args.output_dir, name).unlink(missing_ok=True)
+
+    first_eval_split = spec.eval_splits[0]
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_datasets.get(first_eval_split),
+        compute_metrics=compute_metrics,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+    )
+
+    # ---- train ----------------------------------------------------------------------------------------------------
+    train_metrics = {}
+    if training_args.do_train:
+        if checkpoint is not None:
+            print(f"Resuming from {checkpoint}", flush=True)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        train_metrics = dict(train_result.metrics)
+        train_metrics["train_samples"] = len(train_dataset)
+        if data_args.save_final_model:
+            trainer.save_model()  # saves the tokenizer too
+        trainer.save_state()
+        trainer.log_metrics("train", train_metrics)
+
+    # ---- evaluate (mnli: matched, then mismatched with an _mm suffix, as run_glue) ---------------------------------
+    eval_metrics: dict[str, float] = {}
+    for split, dataset in eval_datasets.items():
+        metrics = trainer.evaluate(eval_dataset=dataset)
+        metrics["eval_samples"] = len(dataset)
+        if split == "validation_mismatched":
+            metrics = {f"{key}_mm": value for key, value in metrics.items()}
+        trainer.log_metrics("eval", metrics)
+        eval_metrics.update(metrics)
+
+    # Result files last: their presence marks a finished run (see FINISHED_RUN_FILES).
+    if train_metrics:
+        trainer.save_metrics("train", train_metrics)
+    if eval_metrics:
+        trainer.save_metrics("eval", eval_metrics)
+    all_results = {**train_metrics, **eval_metrics}
+    if trainer.is_world_process_zero():
+        print(f"Results written to {os.path.join(training_args.output_dir, 'all_results.json')}", flush=True)
+    return all_results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Summarise a run_eval.sh sweep: best dev score per task, in the shape of the reference README's table.
+
+run_eval.sh leaves one folder per run, OUTPUT_DIR/<task>/lr<LR>_ep<EPOCHS>_seed<SEED>/, holding
+`sweep_run.json` ({"task", "learning_rate", "epochs", "seed", "status": "ok"|"failed", "exit_code"}) and, for
+a run that finished, the script's `eval_results.json`. This module reads them all and writes
+
+  OUTPUT_DIR/summary.csv      one row per task (best dev score, its learning rate and epochs) + an average row
+  OUTPUT_DIR/summary.md       the same as markdown, plus the README-style row (tasks as columns) and failures
+  OUTPUT_DIR/runs.csv         every run with its status and score
+  OUTPUT_DIR/heatmap_<task>.png   dev score over learning rate x epochs
+
+Scores are the task's main metric (minilmv2.glue.TaskSpec.main_metric, e.g. accuracy, Matthews correlation
+for cola, Pearson for stsb, matched accuracy for mnli) x 100. With several seeds a cell's score is their
+median; the best cell is the highest (ties go to fewer epochs, then the lower learning rate).
+
+    python -m minilmv2.sweep_summary OUTPUT_DIR [--model_name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from minilmv2 import glue
+from minilmv2.errors import UsageError, exit_on_usage_error
+
+RUN_RECORD = "sweep_run.json"
+
+
+@dataclass
+class SweepRun:
+    """One fine-tuning run of the sweep. score is None unless the run finished with results."""
+
+    task: str
+    learning_rate: str
+    epochs: str
+    seed: str
+    status: str
+    score: float | None
+    run_dir: Path
+
+
+@dataclass
+class TaskBest:
+    """Best (learning rate, epochs) cell of one task; score None when every run failed."""
+
+    task: str
+    metric: str
+    score: float | None
+    learning_rate: str | None
+    epochs: str | None
+    num_seeds: int
+    runs_ok: int
+    runs_failed: int
+
+
+def main_metric(task: str) -> str:
+    """The metric a task is ranked by; accuracy for tasks we do not know (csv/json runs)."""
+    spec = glue.TASKS.get(task)
+    return spec.main_metric if spec else "accuracy"
+
+
+def read_runs(sweep_dir: Path) -> list[SweepRun]:
+    """Every run recorded under `sweep_dir`. A run marked ok without a usable score counts as failed."""
+    runs = []
+    for record_path in sorted(sweep_dir.glob(f"*/*/{RUN_RECORD}")):
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        score = None
+        status = record["status"]
+        results_path = record_path.parent / "eval_results.json"
+        if status == "ok":
+            results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+            value = results.get(f"eval_{main_metric(record['task'])}")
+            if isinstance(value, int | float) and math.isfinite(value):
+                score = 100.0 * value
+            else:
+                status = "failed"  # finished but without the metric (e.g. NaN Pearson of constant outputs)
+        runs.append(
+            SweepRun(
+                record["task"],
+                str(record["learning_rate"]),
+                str(record["epochs"]),
+                str(record["seed"]),
+                status,
+                score,
+                record_path.parent,
+            )
+        )
+    return runs
+
+
+def best_per_task(runs: list[SweepRun]) -> list[TaskBest]:
+    """One TaskBest per task, in the order tasks first appear in `runs`."""
+    bests = []
+    for task in dict.fromkeys(run.task for run in runs):
+        task_runs = [run for run in runs if run.task == task]
+        cells = cell_scores(task_runs)
+        seeds = {run.seed for run in task_runs}
+        ok = sum(run.status == "ok" for run in task_runs)
+        if cells:
+            (lr, epochs), score = max(cells.items(), key=lambda item: (item[1], -float(item[0][1]), -float(item[0][0])))
+        else:
+            lr, epochs, score = None, None, None
+        bests.append(TaskBest(task, main_metric(task), score, lr, epochs, len(seeds), ok, len(task_runs) - ok))
+    return bests
+
+
+def cell_scores(task_runs: list[SweepRun]) -> dict[tuple[str, str], float]:
+    """{(learning_rate, epochs): median score over the seeds that finished}; cells with none are left out."""
+    by_cell: dict[tuple[str, str], list[float]] = {}
+    for run in task_runs:
+        if run.score is not None:
+            by_cell.setdefault((run.learning_rate, run.epochs), []).append(run.score)
+    return {cell: statistics.median(scores) for cell, scores in by_cell.items()}
+
+
+def average_score(bests: list[TaskBest]) -> float | None:
+    scores = [best.score for best in bests if best.score is not None]
+    return sum(scores) / len(scores) if scores else None
+
+
+def _fmt(score: float | None) -> str:
+    return "failed" if score is None else f"{score:.2f}"
+
+
+def write_summary_csv(path: Path, bests: list[TaskBest]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["task", "metric", "best_dev_score", "learning_rate", "epochs", "seeds", "runs_ok", "runs_failed"]
+        )
+        for best in bests:
+            score = "failed" if best.score is None else f"{best.score:.4f}"
+            writer.writerow(
+                [
+                    best.task,
+                    best.metric,
+                    score,
+                    best.learning_rate or "",
+                    best.epochs or "",
+                    best.num_seeds,
+                    best.runs_ok,
+                    best.runs_failed,
+                ]
+            )
+        average = average_score(bests)
+        writer.writerow(
+            [
+                "average",
+                "",
+                "" if average is None else f"{average:.4f}",
+                "",
+                "",
+                "",
+                sum(b.runs_ok for b in bests),
+                sum(b.runs_failed for b in bests),
+            ]
+        )
+
+
+def write_runs_csv(path: Path, runs: list[SweepRun]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["task", "learning_rate", "epochs", "seed", "status", "dev_score", "run_dir"])
+        for run in runs:
+            score = "" if run.score is None else f"{run.score:.4f}"
+            writer.writerow([run.task, run.learning_rate, run.epochs, run.seed, run.status, score, run.run_dir])
+
+
+def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: str) -> str:
+    """The README-style row (tasks as columns, Avg last), the per-task table, and the failed runs."""
+    average = average_score(bests)
+    scored = [b for b in bests if b.score is not None]
+    average_note = "" if len(scored) == len(bests) else f" (over {len(scored)} of {len(bests)} tasks)"
+    lines = [f"# GLUE dev results: {model_name}", ""]
+    lines.append("| | " + " | ".join(b.task for b in bests) + " | Avg |")
+    lines.append("|---" * (len(bests) + 2) + "|")
+    lines.append(f"| {model_name} | " + " | ".join(_fmt(b.score) for b in bests) + f" | {_fmt(average)} |")
+    lines += [
+        "",
+        "Best dev score per task (x100; median over seeds), with the learning rate and epochs that gave it:",
+        "",
+    ]
+    lines.append("| task | metric | best dev score | learning rate | epochs | seeds | runs ok | runs failed |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for b in bests:
+        lines.append(
+            f"| {b.task} | {b.metric} | {_fmt(b.score)} | {b.learning_rate or '-'} | {b.epochs or '-'} "
+            f"| {b.num_seeds} | {b.runs_ok} | {b.runs_failed} |"
+        )
+    lines.append(f"| **average**{average_note} | | {_fmt(average)} | | | | | |")
+    failed = [run for run in runs if run.status != "ok"]
+    if failed:
+        lines += ["", f"Failed runs ({len(failed)}); see run.log in each folder:", ""]
+        lines += [
+            f"- {run.task} lr {run.learning_rate} epochs {run.epochs} seed {run.seed}: {run.run_dir}" for run in failed
+        ]
+    lines += ["", "Heatmaps: " + ", ".join(f"[{b.task}](heatmap_{b.task}.png)" for b in bests), ""]
+    return "\n".join(lines)
+
+
+def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBest) -> None:
+    """Dev score over learning rate (rows) x epochs (columns); cells where every seed failed say so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rates = sorted({run.learning_rate for run in task_runs}, key=float)
+    epochs = sorted({run.epochs for run in task_runs}, key=float)
+    cells = cell_scores(task_runs)
+    grid = np.full((len(rates), len(epochs)), np.nan)
+    for (lr, ep), score in cells.items():
+        grid[rates.index(lr), epochs.index(ep)] = score
+    figure, axes = plt.subplots(figsize=(1.6 + 1.1 * len(epochs), 1.2 + 0.55 * len(rates)))
+    image = axes.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+    for row, lr in enumerate(rates):
+        for col, ep in enumerate(epochs):
+            score = grid[row, col]
+            text = "failed" if np.isnan(score) else f"{score:.2f}"
+            bold = (lr, ep) == (best.learning_rate, best.epochs)
+            axes.text(
+                col,
+                row,
+                text,
+                ha="center",
+                va="center",
+                color="red" if np.isnan(score) else "white",
+                fontweight="bold" if bold else "normal",
+            )
+    axes.set_xticks(range(len(epochs)), epochs)
+    axes.set_yticks(range(len(rates)), rates)
+    axes.set_xlabel("epochs")
+    axes.set_ylabel("learning rate")
+    axes.set_title(f"{task} dev {best.metric} x100")
+    if cells:
+        figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def summarise(sweep_dir: str | Path, model_name: str | None = None) -> list[Path]:
+    """Write summary.csv, summary.md, runs.csv and one heatmap per task; returns their paths."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UsageError(f"sweep directory {str(sweep_dir)!r} does not exist")
+    runs = read_runs(sweep_dir)
+    if not runs:
+        raise UsageError(f"sweep directory {str(sweep_dir)!r} holds no runs (no */*/{RUN_RECORD})")
+    bests = best_per_task(runs)
+    written = [sweep_dir / "summary.csv", sweep_dir / "summary.md", sweep_dir / "runs.csv"]
+    write_summary_csv(written[0], bests)
+    written[1].write_text(summary_markdown(bests, runs, model_name or "model"), encoding="utf-8")
+    write_runs_csv(written[2], runs)
+    for best in bests:
+        path = sweep_dir / f"heatmap_{best.task}.png"
+        plot_heatmap(path, best.task, [run for run in runs if run.task == best.task], best)
+        written.append(path)
+    return written
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Summarise a run_eval.sh sweep.")
+    parser.add_argument("sweep_dir", help="run_eval.sh's OUTPUT_DIR")
+    parser.add_argument("--model_name", default=None, help="row label in summary.md (default: 'model')")
+    args = parser.parse_args(argv)
+    written = summarise(args.sweep_dir, args.model_name)
+    print((Path(args.sweep_dir) / "summary.md").read_text(encoding="utf-8"))
+    print("Summary written to: " + ", ".join(str(path) for path in written))
+
+
+if __name__ == "__main__":
+    main()
