@@ -1,0 +1,511 @@
+"""Distil a teacher into a small student with MiniLMv2 on a streamed corpus, and save the student.
+
+The reference's grouped command line, groups in any order (`bash run.sh` wraps it with the paper's recipe):
+
+    python -m minilmv2.run_distillation \\
+        data_params --train_config train_config.json [--val_config val.json] [--max_seq_len 512] [--no_packing] \\
+        training_params --output_dir out --max_steps 400000 --per_device_train_batch_size 256 ... \\
+                        (any transformers TrainingArguments; plus --overwrite_output_dir) \\
+        model_params --input_model_dir ./model/bert-base-uncased --student_hidden_size 384 \\
+                     --student_num_layers 6 --student_attention_heads 12 --L 12 --num_relation_heads 48 \\
+                     [--student_intermediate_size N] [--minilm_relations "{(1, 1): 1, (2, 2): 1, (3, 3): 1}"] \\
+                     [--minilm_v1] [--tokenizer_dir D] [--checkpoint_dir D]
+
+One node, all GPUs:  torchrun --standalone --nproc-per-node gpu -m minilmv2.run_distillation <groups>
+Several nodes:       srun torchrun --nnodes $SLURM_NNODES --nproc-per-node gpu --rdzv-backend c10d \\
+                         --rdzv-endpoint $HEAD:29500 -m minilmv2.run_distillation <groups>
+CPU (gloo):          torchrun --standalone --nproc-per-node 2 -m minilmv2.run_distillation <groups>
+Check the arguments only (no model is loaded): add --validate_only anywhere.
+
+Outputs in --output_dir: `student/` (config.json, model.safetensors, tokenizer: `AutoModel.from_pretrained`
+loads it), `loss_curve.png`, `trainer_state.json` (every logged loss), and `checkpoint-N/` every --save_steps
+(trainer state, optimizer, scheduler, RNG, stream position, and the student; never the teacher). Resume with
+`--resume_from_checkpoint latest` (or a path; the reference's `--checkpoint_dir` works too). SIGTERM/SIGINT
+(SLURM preemption, Ctrl-C) writes a checkpoint and the student, then exits with status 128 + signal.
+Every value a user can get wrong is checked before a model is loaded: one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from minilmv2.errors import UsageError, exit_on_usage_error
+
+GROUPS = ("data_params", "training_params", "model_params")
+VALIDATE_ONLY_FLAG = "--validate_only"
+LATEST = ("latest", "last", "true", "True")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option is a UsageError (one line, exit 2) naming the group it belongs to."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def data_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="data_params", add_help=False)
+    parser.add_argument("--train_config", required=True, help='JSON: {"urls": [...], "format": ..., "columns": ...}')
+    parser.add_argument("--val_config", help="the same for held-out text: its distillation loss at eval steps")
+    parser.add_argument("--max_seq_len", type=int, default=512, help="tokens per sequence")
+    parser.add_argument(
+        "--no_packing",
+        action="store_true",
+        help="one line per sequence, truncated, padded per batch (the reference) instead of packed documents",
+    )
+    parser.add_argument("--shuffle_buffer", type=int, default=1000, help="sequences in the seeded shuffle buffer")
+    return parser
+
+
+def model_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="model_params", add_help=False)
+    parser.add_argument("--input_model_dir", required=True, help="teacher: a folder with config.json and weights")
+    parser.add_argument("--tokenizer_dir", help="tokenizer folder (default: --input_model_dir)")
+    parser.add_argument("--checkpoint_dir", help="a checkpoint to resume from (same as --resume_from_checkpoint)")
+    parser.add_argument("--student_hidden_size", type=int, required=True)
+    parser.add_argument("--student_num_layers", type=int, required=True)
+    parser.add_argument("--student_attention_heads", type=int, required=True)
+    parser.add_argument("--student_intermediate_size", type=int, help="student FFN size (default 4 x hidden)")
+    parser.add_argument("--L", type=int, required=True, help="teacher layer to distil (1-based)")
+    parser.add_argument("--num_relation_heads", type=int, required=True, help="A_r, dividing both hidden sizes")
+    parser.add_argument(
+        "--minilm_relations",
+        default="{(1, 1): 1, (2, 2): 1, (3, 3): 1}",
+        help="{(i, j): weight} with 1=Query, 2=Key, 3=Value",
+    )
+    parser.add_argument(
+        "--minilm_v1",
+        action="store_true",
+        help="MiniLM v1: Q-K attention + V-V relations, one relation head per attention head",
+    )
+    return parser
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Options of this script that TrainingArguments (transformers 5) no longer has."""
+
+    overwrite_output_dir: bool = dataclasses.field(
+        default=False, metadata={"help": "start afresh in an --output_dir that holds an earlier run"}
+    )
+
+
+def split_groups(argv: list[str]) -> dict[str, list[str]]:
+    """{group: its arguments} for the grouped command line; a leading `--` (the reference's run.sh) is ignored."""
+    positions = sorted((argv.index(group), group) for group in GROUPS if group in argv)
+    found = {group for _, group in positions}
+    missing = [group for group in GROUPS if group not in found]
+    if missing:
+        raise UsageError(
+            f"missing argument group(s) {', '.join(missing)}; usage: python -m minilmv2.run_distillation "
+            "data_params --train_config F training_params --output_dir D ... model_params --input_model_dir D ..."
+        )
+    leading = [arg for arg in argv[: positions[0][0]] if arg != "--"]
+    if leading:
+        raise UsageError(f"arguments {leading} come before any group; put them after data_params, ...")
+    for group in GROUPS:
+        if argv.count(group) > 1:
+            raise UsageError(f"argument group {group} is given twice")
+    bounds = [position for position, _ in positions] + [len(argv)]
+    return {group: argv[bounds[i] + 1 : bounds[i + 1]] for i, (_, group) in enumerate(positions)}
+
+
+def parse_training_args(argv: list[str]):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    import torch
+
+    parser = HfArgumentParser((TrainingArguments, RunOptions))
+    if env_world_size() > 1 and not torch.cuda.is_available() and "--use_cpu" not in argv:
+        # Without use_cpu, transformers 5 sets up no DDP on a CPU-only machine (each torchrun process would
+        # train alone); with it, DDP runs over gloo. It must be known when the arguments are parsed: their
+        # __post_init__ already sets up the devices.
+        argv = [*argv, "--use_cpu", "true"]
+    try:
+        training_args, run_options, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    except SystemExit:
+        raise UsageError(f"training_params: cannot parse {' '.join(argv)} (see the message above)") from None
+    except ValueError as err:  # TrainingArguments.__post_init__ refuses inconsistent values
+        raise UsageError(f"training_params: {_one_line(err)}") from None
+    if unknown:
+        raise UsageError(f"training_params: {unknown} are not TrainingArguments options")
+    return training_args, run_options
+
+
+def _one_line(err: BaseException) -> str:
+    return re.sub(r"\s+", " ", str(err)).strip()
+
+
+def parse_args(argv: list[str]):
+    groups = split_groups(argv)
+    data_args = data_parser().parse_args(groups["data_params"])
+    model_args = model_parser().parse_args(groups["model_params"])
+    training_args, run_options = parse_training_args(groups["training_params"])
+    return data_args, model_args, training_args, run_options
+
+
+def parse_relations(text: str) -> dict[tuple[int, int], float]:
+    from minilmv2.distiller import validate_relations
+
+    try:
+        relations = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise UsageError(
+            f'--minilm_relations "{text}" is not a literal like "{{(1, 1): 1, (2, 2): 1, (3, 3): 1}}"'
+        ) from None
+    try:
+        return validate_relations(relations)
+    except ValueError as err:
+        raise UsageError(f"--minilm_relations {text!r}: {err}") from None
+
+
+# ---- start-up checks: everything a user can get wrong, before any model is loaded ----
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value}")
+
+
+def load_teacher_config(model_dir: str):
+    """The teacher's config, after checking the folder holds a supported encoder with weights."""
+    from transformers import AutoConfig
+
+    from minilmv2.architectures import ENCODER_LAYOUTS
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise UsageError(
+            f"--input_model_dir {model_dir} does not exist; give a folder with the teacher's config.json and "
+            "weights (e.g. the output of save_pretrained)"
+        )
+    if not (path / "config.json").is_file():
+        raise UsageError(f"--input_model_dir {model_dir} has no config.json; give a folder written by save_pretrained")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise UsageError(f"--input_model_dir {model_dir} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"--input_model_dir {model_dir}: config.json cannot be read ({_one_line(err)})") from None
+    if config.model_type not in ENCODER_LAYOUTS:
+        raise UsageError(
+            f"--input_model_dir {model_dir} is a {config.model_type!r} model; supported teachers: "
+            f"{', '.join(sorted(ENCODER_LAYOUTS))}"
+        )
+    return config
+
+
+def check_shapes(model_args, teacher_config, max_seq_len: int) -> None:
+    """Teacher layer, relation heads, student heads and sequence length, against the teacher's config."""
+    for name in ("student_hidden_size", "student_num_layers", "student_attention_heads", "num_relation_heads"):
+        check_positive(f"--{name}", getattr(model_args, name))
+    check_positive("--student_intermediate_size", model_args.student_intermediate_size)
+    teacher_layers, teacher_hidden = teacher_config.num_hidden_layers, teacher_config.hidden_size
+    if not 1 <= model_args.L <= teacher_layers:
+        raise UsageError(f"--L {model_args.L} is not a teacher layer; the teacher has layers 1..{teacher_layers}")
+    hidden, heads = model_args.student_hidden_size, model_args.student_attention_heads
+    if hidden % heads:
+        valid = [h for h in range(1, hidden + 1) if hidden % h == 0 and h <= 64]
+        raise UsageError(
+            f"--student_attention_heads {heads} does not divide --student_hidden_size {hidden}; valid: {valid}"
+        )
+    if model_args.minilm_v1:
+        if heads != teacher_config.num_attention_heads:
+            raise UsageError(
+                f"--minilm_v1 needs as many student attention heads as the teacher has "
+                f"({teacher_config.num_attention_heads}), got --student_attention_heads {heads}"
+            )
+    else:
+        relation_heads = model_args.num_relation_heads
+        for who, size in (("teacher hidden size", teacher_hidden), ("--student_hidden_size", hidden)):
+            if size % relation_heads:
+                common = [d for d in range(1, min(teacher_hidden, hidden) + 1) if teacher_hidden % d == hidden % d == 0]
+                raise UsageError(
+                    f"--num_relation_heads {relation_heads} does not divide the {who} {size}; values dividing both "
+                    f"hidden sizes: {[d for d in common if d <= 128]}"
+                )
+    max_positions = getattr(teacher_config, "max_position_embeddings", None)
+    if max_seq_len < 3 or (max_positions and max_seq_len > max_positions):
+        raise UsageError(f"--max_seq_len {max_seq_len} must be in 3..{max_positions} (the teacher's positions)")
+
+
+def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run into a folder that holds an earlier one (finished or not)."""
+    from minilmv2.training import CHECKPOINT_PREFIX, STUDENT_DIR
+
+    if not output_dir.exists() or resuming or overwrite:
+        return
+    if not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} is a file; give a folder")
+    if (output_dir / "trainer_state.json").is_file() and (output_dir / STUDENT_DIR).is_dir():
+        raise UsageError(
+            f"--output_dir {output_dir} already holds a finished run; pass --overwrite_output_dir to replace it "
+            "or choose another --output_dir"
+        )
+    if any(output_dir.glob(f"{CHECKPOINT_PREFIX}*")):
+        raise UsageError(
+            f"--output_dir {output_dir} holds checkpoints of an earlier run; pass --resume_from_checkpoint latest "
+            "to continue it or --overwrite_output_dir to start afresh"
+        )
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    """--overwrite_output_dir: remove this script's earlier outputs (only those) from `output_dir`."""
+    from minilmv2.training import CHECKPOINT_PREFIX, STUDENT_DIR
+
+    for path in [*output_dir.glob(f"{CHECKPOINT_PREFIX}*"), output_dir / STUDENT_DIR]:
+        shutil.rmtree(path, ignore_errors=True)
+    for name in ("trainer_state.json", "loss_curve.png", "train_results.json", "all_results.json"):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def resolve_checkpoint(requested: str | None, output_dir: Path) -> Path | None:
+    from minilmv2.training import last_complete_checkpoint
+
+    if requested is None:
+        return None
+    if requested in LATEST:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise UsageError(f"--resume_from_checkpoint {requested}: no complete checkpoint in {output_dir}")
+        return checkpoint
+    return Path(requested)
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything main() needs, checked."""
+
+    data_args: argparse.Namespace
+    model_args: argparse.Namespace
+    training_args: object
+    run_options: RunOptions
+    train_config: object
+    val_config: object
+    teacher_config: object
+    relations: dict
+    checkpoint: Path | None
+    restore_data: bool
+
+
+def make_plan(argv: list[str]) -> Plan:
+    from minilmv2.data import load_corpus_config
+    from minilmv2.training import validate_checkpoint
+
+    data_args, model_args, training_args, run_options = parse_args(argv)
+    train_config = load_corpus_config(data_args.train_config, "--train_config")
+    val_config = load_corpus_config(data_args.val_config, "--val_config") if data_args.val_config else None
+    check_positive("--shuffle_buffer", data_args.shuffle_buffer)
+    if model_args.tokenizer_dir and not Path(model_args.tokenizer_dir).is_dir():
+        raise UsageError(f"--tokenizer_dir {model_args.tokenizer_dir} does not exist")
+    teacher_config = load_teacher_config(model_args.input_model_dir)
+    check_shapes(model_args, teacher_config, data_args.max_seq_len)
+    relations = parse_relations(model_args.minilm_relations)
+    if training_args.max_steps is None or training_args.max_steps < 1:
+        raise UsageError("--max_steps must be a positive number of optimizer steps (the corpus is a stream)")
+    check_positive("--per_device_train_batch_size", training_args.per_device_train_batch_size)
+    check_positive("--gradient_accumulation_steps", training_args.gradient_accumulation_steps)
+
+    output_dir = Path(training_args.output_dir or "trainer_output")
+    training_args.output_dir = str(output_dir)
+    requested = training_args.resume_from_checkpoint or model_args.checkpoint_dir
+    checkpoint = resolve_checkpoint(requested, output_dir)
+    restore_data = checkpoint is not None and not training_args.ignore_data_skip
+    if checkpoint is not None:
+        validate_checkpoint(checkpoint, env_world_size(), restore_data)
+    check_output_dir(output_dir, checkpoint is not None, run_options.overwrite_output_dir)
+    return Plan(
+        data_args, model_args, training_args, run_options, train_config, val_config, teacher_config, relations,
+        checkpoint, restore_data,
+    )  # fmt: skip
+
+
+def configure_training_args(training_args, has_val: bool) -> None:
+    """Settings this entry point needs, whatever the user passed."""
+    import torch
+
+    if has_val and str(training_args.eval_strategy) in ("no", "IntervalStrategy.NO"):
+        training_args.eval_strategy = "steps"
+        training_args.eval_steps = training_args.eval_steps or training_args.logging_steps
+    # The stream position comes from the checkpoint; never fast-forward the loader by reading batches.
+    training_args.ignore_data_skip = True
+    # Evaluation goes through accelerate: each rank evaluates its own batches of the (small) held-out stream.
+    training_args.accelerator_config.dispatch_batches = False
+    if str(training_args.include_num_input_tokens_seen) == "no":
+        training_args.include_num_input_tokens_seen = "non_padding"  # for tokens/s at the end
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False  # pinning needs an accelerator
+    if training_args.dataloader_num_workers:
+        print0("note: --dataloader_num_workers is ignored: the token stream runs in the main process")
+        training_args.dataloader_num_workers = 0
+
+
+def print0(*args) -> None:
+    if env_rank() == 0:
+        print(*args, flush=True)
+
+
+def run(plan: Plan) -> int:
+    import torch
+    from transformers import AutoModel, AutoTokenizer, set_seed
+
+    from minilmv2 import MiniLM, build_student, student_config_from_teacher
+    from minilmv2.data import PadCollator, TokenStream
+    from minilmv2.plots import plot_loss_curve
+    from minilmv2.training import (
+        DATA_STATE_DIR,
+        STUDENT_DIR,
+        DistillationTrainer,
+        NonFiniteLossError,
+        StopSignal,
+        last_complete_checkpoint,
+    )
+
+    data_args, model_args, args = plan.data_args, plan.model_args, plan.training_args
+    stop_signal = StopSignal().install()
+    output_dir = Path(args.output_dir)
+    if plan.run_options.overwrite_output_dir and plan.checkpoint is None and env_rank() == 0:
+        clear_previous_run(output_dir)
+    configure_training_args(args, plan.val_config is not None)
+    set_seed(args.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_dir or model_args.input_model_dir)
+    print0(f"loading the teacher from {model_args.input_model_dir}")
+    teacher = AutoModel.from_pretrained(model_args.input_model_dir)
+    student_config = student_config_from_teacher(
+        teacher.config,
+        hidden_size=model_args.student_hidden_size,
+        num_layers=model_args.student_num_layers,
+        num_attention_heads=model_args.student_attention_heads,
+        intermediate_size=model_args.student_intermediate_size,
+    )
+    student = build_student(student_config)
+    try:
+        if model_args.minilm_v1:
+            distiller = MiniLM.v1(teacher, student, L=model_args.L)
+        else:
+            distiller = MiniLM(
+                teacher, student, L=model_args.L, relations=plan.relations, A_r=model_args.num_relation_heads
+            )
+    except ValueError as err:
+        raise UsageError(_one_line(err)) from None
+    if args.bf16:
+        distiller.cast_teacher(torch.bfloat16)
+    elif args.fp16:
+        distiller.cast_teacher(torch.float16)
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    print0(
+        f"student: {student_config.num_hidden_layers} layers x {student_config.hidden_size} hidden x "
+        f"{student_config.num_attention_heads} heads, FFN {student_config.intermediate_size}: "
+        f"{sum(p.numel() for p in student.parameters()):,} parameters ({trainable:,} get a gradient)"
+    )
+
+    rank, world_size = env_rank(), env_world_size()
+    stream_options = {"packing": not data_args.no_packing, "seed": args.seed}
+    train_stream = TokenStream(
+        plan.train_config, tokenizer, data_args.max_seq_len, shuffle_buffer=data_args.shuffle_buffer,
+        rank=rank, world_size=world_size, infinite=True, **stream_options,
+    )  # fmt: skip
+    val_stream = None
+    if plan.val_config is not None:
+        val_stream = TokenStream(
+            plan.val_config, tokenizer, data_args.max_seq_len, shuffle_buffer=1, infinite=False, **stream_options
+        )
+    if plan.restore_data:
+        state_file = plan.checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
+        train_stream.load_state_dict(json.loads(state_file.read_text()))
+        print0(f"resuming the corpus stream where {plan.checkpoint} left it (nothing is re-read or re-tokenised)")
+
+    trainer = DistillationTrainer(
+        model=distiller,
+        args=args,
+        train_dataset=train_stream,
+        eval_dataset=val_stream,
+        data_collator=PadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        processing_class=tokenizer,
+        stop_signal=stop_signal,
+    )
+    tokens_before = 0
+    if plan.checkpoint is not None:
+        tokens_before = json.loads((plan.checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    except NonFiniteLossError as err:
+        good = last_complete_checkpoint(output_dir)
+        print0(
+            f"error: {err}; stopped before applying it. Last good checkpoint: {good or 'none (no checkpoint yet)'}. "
+            "Lower --learning_rate or use --bf16 instead of --fp16, then resume from it."
+        )
+        return 1
+    elapsed = time.perf_counter() - started
+    tokens = trainer.state.num_input_tokens_seen - tokens_before
+
+    trainer.save_model(str(output_dir))  # the student export, atomically, on the main process
+    if trainer.stopped_by_signal is not None:
+        print0(
+            f"stopped by signal {trainer.stopped_by_signal} at step {trainer.state.global_step}; "
+            f"checkpoint: {last_complete_checkpoint(output_dir)}; student: {output_dir / STUDENT_DIR}; "
+            "resume with --resume_from_checkpoint latest"
+        )
+        return 128 + int(trainer.stopped_by_signal)
+    if trainer.is_world_process_zero():
+        trainer.save_state()  # trainer_state.json beside the student: marks the run finished
+        curve = plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
+        print(f"throughput: {tokens / elapsed:,.0f} tokens/s over {world_size} process(es) ({tokens:,} tokens)")
+        print(f"student:    {output_dir / STUDENT_DIR}")
+        print(f"loss curve: {curve}")
+        print(f"log:        {output_dir / 'trainer_state.json'}")
+        if any(Path(output_dir).glob("checkpoint-*")):
+            print(f"checkpoints: {output_dir}/checkpoint-*")
+        if args.report_to and args.report_to != ["none"] and "tensorboard" in args.report_to:
+            print(f"tensorboard: {args.logging_dir}")
+    return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    validate_only = VALIDATE_ONLY_FLAG in argv
+    argv = [arg for arg in argv if arg != VALIDATE_ONLY_FLAG]
+    plan = make_plan(argv)
+    if validate_only:
+        print0("arguments OK")
+        return 0
+    return run(plan)
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except UsageError:
+        if env_rank() == 0:
+            raise  # printed once, as one line, by exit_on_usage_error
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

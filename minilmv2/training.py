@@ -1,0 +1,286 @@
+"""Trainer -> saved student: the HF Trainer, taught to save the student (not the distiller) and to stop safely.
+
+`DistillationTrainer` is a `transformers.Trainer` whose model is the `MiniLM` distiller. It changes five things:
+
+- Data: the `TokenStream` already holds only this rank's share, so the train loader is a plain `DataLoader`.
+  `accelerator.prepare` would shard it a second time (accelerate 1.15 wraps any torch IterableDataset in
+  `IterableDatasetShard`, or, with the default `dispatch_batches`, has rank 0 read everything) and lose
+  data. The loader has no workers, so the stream's position is exactly what the optimizer has consumed.
+- Checkpoints keep the Trainer layout (`checkpoint-N/` with trainer_state.json, optimizer, scheduler, RNG)
+  but hold the student export in `checkpoint-N/student/` (config, safetensors, tokenizer) instead of the
+  distiller, so no second copy of the frozen teacher; plus `data_state/rank-R.json` (the stream position)
+  and, written last, `checkpoint_complete.json`. Resuming loads the student back from `student/`.
+- Every micro-step, all ranks agree (one tiny all-reduce) whether the loss is finite and whether a
+  SIGTERM/SIGINT arrived: a non-finite loss stops before the optimizer step (the last checkpoint stays the
+  last good one); a signal makes every rank save a checkpoint at the end of the current step and stop.
+- Evaluation reports the distillation loss (there are no labels).
+- Logs carry the resident memory of rank 0 (`rss_mb`) so long runs show any growth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+
+from minilmv2.errors import UsageError
+
+STUDENT_DIR = "student"
+DATA_STATE_DIR = "data_state"
+COMPLETE_MARKER = "checkpoint_complete.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The distillation loss became NaN or inf; training stopped before applying that step."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"the distillation loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+def export_student(student: torch.nn.Module, tokenizer, target: str | os.PathLike) -> Path:
+    """Write `student` + `tokenizer` to `target` (loadable by AutoModel/AutoTokenizer), atomically.
+
+    Everything is written to a scratch folder beside `target` and renamed into place, so `target` is always
+    either the previous complete export or the new one, never a half-written folder.
+    """
+    target = Path(target)
+    scratch = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    student.save_pretrained(scratch, safe_serialization=True)
+    tokenizer.save_pretrained(scratch)
+    for file in scratch.iterdir():  # the data must be on disk before the rename makes it visible
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    if target.exists():
+        previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(target, previous)
+        os.replace(scratch, target)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(scratch, target)
+    return target
+
+
+def resident_memory_mb() -> float:
+    """Current resident set size of this process in MiB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StopSignal:
+    """Remembers a SIGTERM/SIGINT so training can checkpoint and stop at the end of the current step.
+
+    A second signal while the checkpoint is being written interrupts at once (KeyboardInterrupt).
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def install(self) -> StopSignal:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(
+            f"received {signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping",
+            flush=True,
+        )
+
+
+class MemoryLogCallback(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:
+            logs["rss_mb"] = round(resident_memory_mb(), 1)
+
+
+class DistillationTrainer(Trainer):
+    """HF Trainer for a `MiniLM` distiller fed by a rank-aware `TokenStream` (see module docstring)."""
+
+    def __init__(self, *args, stop_signal: StopSignal | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop_signal = stop_signal or StopSignal()
+        self.stopped_by_signal: int | None = None
+        self.add_callback(MemoryLogCallback())
+
+    # -- data --
+
+    def get_train_dataloader(self) -> DataLoader:
+        # No accelerator.prepare: the stream is already this rank's share (see the module docstring), and no
+        # workers, so the stream's state_dict() is exactly the position after the consumed batches.
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=0,
+            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+        )
+
+    # -- faults --
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        flags = torch.tensor(
+            [0.0 if torch.isfinite(loss) else 1.0, 1.0 if self.stop_signal.received is not None else 0.0],
+            device=loss.device,
+        )
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # all ranks stop together, or none does
+        non_finite, stop = flags.tolist()
+        if non_finite:
+            raise NonFiniteLossError(self.state.global_step + 1, loss.item())
+        # Stop only after a whole optimizer step (the last micro-batch of an accumulation), so the checkpoint
+        # holds no half-accumulated gradient; the flag is sticky, so every rank sees it at the same micro-step.
+        if stop and self.accelerator.sync_gradients and self.stopped_by_signal is None:
+            self.stopped_by_signal = self.stop_signal.received or signal.SIGTERM
+            self.control.should_save = True
+            self.control.should_training_stop = True
+        return loss
+
+    # -- evaluation: the distillation loss on held-out text --
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = model(**inputs)["loss"].detach()
+        return loss, None, None
+
+    # -- checkpoints: the student, not the distiller --
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        student = self.accelerator.unwrap_model(self.model).student
+        export_student(student, self.processing_class, output_dir / STUDENT_DIR)
+        torch.save(self.args, output_dir / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = model if model is not None else self.model
+        weights = load_file(Path(resume_from_checkpoint) / STUDENT_DIR / "model.safetensors")
+        self.accelerator.unwrap_model(model).student.load_state_dict(weights, strict=True)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        checkpoint = Path(self._get_output_dir(trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        state_dir = checkpoint / DATA_STATE_DIR
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state_file = state_dir / f"rank-{self.args.process_index}.json"
+        scratch = state_file.with_suffix(".partial")
+        scratch.write_text(json.dumps(self.train_dataset.state_dict()))
+        os.replace(scratch, state_file)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank's stream position is on disk before the checkpoint counts as complete
+        if self.args.should_save:
+            marker = {"global_step": self.state.global_step, "world_size": self.args.world_size}
+            (checkpoint / COMPLETE_MARKER).write_text(json.dumps(marker))
+
+
+# ---- checkpoint discovery and validation (run before any model is loaded) ----
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name[len(CHECKPOINT_PREFIX) :])
+    except ValueError:
+        return -1
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The highest-step `checkpoint-N` in `output_dir` whose save finished, or None."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    candidates = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and checkpoint_step(p) >= 0]
+    complete = [p for p in candidates if (p / COMPLETE_MARKER).is_file()]
+    return max(complete, key=checkpoint_step) if complete else None
+
+
+def validate_checkpoint(checkpoint: str | os.PathLike, world_size: int, restore_data: bool) -> None:
+    """UsageError naming what is missing or damaged in `checkpoint`, so a resume never dies half-way."""
+    checkpoint = Path(checkpoint)
+    advice = "resume from an earlier checkpoint or start afresh"
+    if not checkpoint.is_dir():
+        raise UsageError(f"checkpoint {checkpoint} does not exist")
+    if not (checkpoint / COMPLETE_MARKER).is_file():
+        raise UsageError(
+            f"checkpoint {checkpoint} is incomplete (no {COMPLETE_MARKER}: the run stopped while saving it); {advice}"
+        )
+    for name in ("trainer_state.json", COMPLETE_MARKER):
+        try:
+            json.loads((checkpoint / name).read_text())
+        except (OSError, ValueError) as err:
+            raise UsageError(f"checkpoint {checkpoint} is corrupt: {name} cannot be read ({err}); {advice}") from None
+    for name in (f"{STUDENT_DIR}/config.json", f"{STUDENT_DIR}/model.safetensors", "optimizer.pt", "scheduler.pt"):
+        if not (checkpoint / name).is_file():
+            raise UsageError(f"checkpoint {checkpoint} is incomplete: {name} is missing; {advice}")
+    problem = safetensors_problem(checkpoint / STUDENT_DIR / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        problem = problem or torch_file_problem(checkpoint / name)
+    if problem:
+        raise UsageError(f"checkpoint {checkpoint} is corrupt: {problem}; {advice}")
+    if restore_data:
+        saved_world = json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("world_size")
+        if saved_world != world_size:
+            raise UsageError(
+                f"checkpoint {checkpoint} was written by {saved_world} process(es) but this run has {world_size}; "
+                f"resume with {saved_world}, or pass --ignore_data_skip to restart the data stream"
+            )
+        for rank in range(world_size):
+            state_file = checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
+            try:
+                json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                raise UsageError(
+                    f"checkpoint {checkpoint} is corrupt: {state_file.relative_to(checkpoint)} is missing or "
+                    f"unreadable; {advice}, or pass --ignore_data_skip to restart the data stream"
+                ) from None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is truncated or malformed, or None: its header must describe every byte."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            (header_length,) = struct.unpack("<Q", handle.read(8))
+            if header_length > size - 8:
+                return f"{path.name} is truncated ({size} bytes, header claims {header_length})"
+            header = json.loads(handle.read(header_length))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
+        return f"{path.name} is unreadable ({err.__class__.__name__})"
+    data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_length + data_end != size:
+        return f"{path.name} is truncated or padded ({size} bytes, expected {8 + header_length + data_end})"
+    return None
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """Why a torch.save (zip) file is truncated or damaged, or None (checks every member's CRC)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        return f"{path.name} is truncated or not a torch file ({err.__class__.__name__})"
+    return f"{path.name} is damaged (bad CRC in {bad})" if bad else None

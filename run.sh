@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# MiniLMv2 distillation with the paper's recipe (the first public reimplementation's run.sh, made real):
+# teacher bert-base-uncased, student 6 layers x 384 hidden x 12 heads (FFN 1536), teacher layer L=12,
+# 48 relation heads, batch 256 per device, lr 6e-4, Adam eps 1e-6, betas 0.9/0.999, weight decay 0.01,
+# 400k steps, 4k warm-up, a checkpoint every 50k steps, a log line every 1k, 512-token sequences, seed 42.
+#
+# Every value can be overridden from the environment, e.g.
+#   TEACHER_DIR=./model/bert-large-uncased L=21 NUM_RELATION_HEADS=64 bash run.sh
+#   MAX_STEPS=100 BATCH_SIZE=8 MAX_SEQ_LEN=128 bash run.sh              # a quick try
+#   RESUME=latest bash run.sh                                            # continue after preemption
+#
+#   TEACHER_DIR   teacher folder (config.json + weights)     ./model/bert-base-uncased
+#   TOKENIZER_DIR tokenizer folder                            $TEACHER_DIR
+#   TRAIN_CONFIG  corpus config {"urls": [...], "format", "columns"}   ./train_config.json
+#   VAL_CONFIG    held-out corpus config (eval loss at EVAL_STEPS)     (none)
+#   OUTPUT_DIR    student/, checkpoint-N/, loss_curve.png     ./out
+#   STUDENT_HIDDEN_SIZE 384  STUDENT_NUM_LAYERS 6  STUDENT_ATTENTION_HEADS 12  STUDENT_INTERMEDIATE_SIZE (4 x hidden)
+#   L 12  NUM_RELATION_HEADS 48  RELATIONS "{(1, 1): 1, (2, 2): 1, (3, 3): 1}"
+#   BATCH_SIZE 256 (per device)  GRAD_ACCUM 1  LR 6e-4  ADAM_EPS 1e-6  ADAM_BETA1 0.9  ADAM_BETA2 0.999
+#   WEIGHT_DECAY 0.01  MAX_STEPS 400000  WARMUP_STEPS 4000  SAVE_STEPS 50000  LOGGING_STEPS 1000
+#   EVAL_STEPS $LOGGING_STEPS  MAX_SEQ_LEN 512  SEED 42  PRECISION (bf16 on GPUs that have it, else none)
+#   REPORT_TO tensorboard  RESUME (a checkpoint path, or "latest")  EXTRA_ARGS (more TrainingArguments)
+#   NPROC  processes on this node (default: all local GPUs, 1 without a GPU)
+#   NNODES / MASTER_ADDR / MASTER_PORT / RDZV_ID  several nodes: run this script once per node with the
+#                 same values (torchrun's c10d rendezvous assigns ranks; see slurm/distill.sbatch)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+TEACHER_DIR=${TEACHER_DIR:-./model/bert-base-uncased}
+TOKENIZER_DIR=${TOKENIZER_DIR:-$TEACHER_DIR}
+TRAIN_CONFIG=${TRAIN_CONFIG:-./train_config.json}
+VAL_CONFIG=${VAL_CONFIG:-}
+OUTPUT_DIR=${OUTPUT_DIR:-./out}
+STUDENT_HIDDEN_SIZE=${STUDENT_HIDDEN_SIZE:-384}
+STUDENT_NUM_LAYERS=${STUDENT_NUM_LAYERS:-6}
+STUDENT_ATTENTION_HEADS=${STUDENT_ATTENTION_HEADS:-12}
+STUDENT_INTERMEDIATE_SIZE=${STUDENT_INTERMEDIATE_SIZE:-}
+L=${L:-12}
+NUM_RELATION_HEADS=${NUM_RELATION_HEADS:-48}
+RELATIONS=${RELATIONS:-"{(1, 1): 1, (2, 2): 1, (3, 3): 1}"}
+BATCH_SIZE=${BATCH_SIZE:-256}
+GRAD_ACCUM=${GRAD_ACCUM:-1}
+LR=${LR:-6e-4}
+ADAM_EPS=${ADAM_EPS:-1e-6}
+ADAM_BETA1=${ADAM_BETA1:-0.9}
+ADAM_BETA2=${ADAM_BETA2:-0.999}
+WEIGHT_DECAY=${WEIGHT_DECAY:-0.01}
+MAX_STEPS=${MAX_STEPS:-400000}
+WARMUP_STEPS=${WARMUP_STEPS:-4000}
+SAVE_STEPS=${SAVE_STEPS:-50000}
+LOGGING_STEPS=${LOGGING_STEPS:-1000}
+EVAL_STEPS=${EVAL_STEPS:-$LOGGING_STEPS}
+MAX_SEQ_LEN=${MAX_SEQ_LEN:-512}
+SEED=${SEED:-42}
+REPORT_TO=${REPORT_TO:-tensorboard}
+RESUME=${RESUME:-}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # local paths only, unless the caller allows the hub
+
+# Checks a user can act on, before anything starts.
+if [ ! -f "$TEACHER_DIR/config.json" ]; then
+    echo "error: no teacher at $TEACHER_DIR (config.json missing). Save one there, e.g." >&2
+    echo "  python -c \"from transformers import AutoModel, AutoTokenizer as T; n='bert-base-uncased';" \
+         "AutoModel.from_pretrained(n).save_pretrained('$TEACHER_DIR'); T.from_pretrained(n).save_pretrained('$TEACHER_DIR')\"" >&2
+    echo "  (with network access), or set TEACHER_DIR=/path/to/teacher" >&2
+    exit 2
+fi
+if [ ! -f "$TRAIN_CONFIG" ]; then
+    echo "error: no corpus config at $TRAIN_CONFIG. Write one like" >&2
+    echo '  {"urls": ["corpus/wiki-*.txt", "corpus/books-*.txt.gz"], "format": "text", "columns": "text"}' >&2
+    echo "  or set TRAIN_CONFIG=/path/to/config.json (make assets writes .assets/corpus/train_config.json)" >&2
+    exit 2
+fi
+
+if [ -z "${NPROC:-}" ]; then
+    NPROC=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")
+fi
+if [ -z "${PRECISION:-}" ]; then
+    PRECISION=$("$PYTHON" -c "import torch; print('bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'none')")
+fi
+
+DATA_ARGS=(data_params --train_config "$TRAIN_CONFIG" --max_seq_len "$MAX_SEQ_LEN")
+[ -n "$VAL_CONFIG" ] && DATA_ARGS+=(--val_config "$VAL_CONFIG")
+TRAINING_ARGS=(training_params
+    --per_device_train_batch_size "$BATCH_SIZE" --gradient_accumulation_steps "$GRAD_ACCUM"
+    --learning_rate "$LR" --adam_epsilon "$ADAM_EPS" --adam_beta1 "$ADAM_BETA1" --adam_beta2 "$ADAM_BETA2"
+    --weight_decay "$WEIGHT_DECAY" --max_steps "$MAX_STEPS" --warmup_steps "$WARMUP_STEPS"
+    --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --eval_steps "$EVAL_STEPS"
+    --output_dir "$OUTPUT_DIR" --seed="$SEED" --report_to "$REPORT_TO")
+[ "$PRECISION" != none ] && TRAINING_ARGS+=(--"$PRECISION")
+[ -n "$RESUME" ] && TRAINING_ARGS+=(--resume_from_checkpoint "$RESUME")
+# shellcheck disable=SC2206  # EXTRA_ARGS is deliberately split into words
+[ -n "$EXTRA_ARGS" ] && TRAINING_ARGS+=($EXTRA_ARGS)
+MODEL_ARGS=(model_params --input_model_dir "$TEACHER_DIR" --tokenizer_dir "$TOKENIZER_DIR"
+    --student_hidden_size "$STUDENT_HIDDEN_SIZE" --student_num_layers "$STUDENT_NUM_LAYERS"
+    --student_attention_heads "$STUDENT_ATTENTION_HEADS" --L "$L" --num_relation_heads "$NUM_RELATION_HEADS"
+    --minilm_relations "$RELATIONS")
+[ -n "$STUDENT_INTERMEDIATE_SIZE" ] && MODEL_ARGS+=(--student_intermediate_size "$STUDENT_INTERMEDIATE_SIZE")
+ARGS=("${DATA_ARGS[@]}" "${TRAINING_ARGS[@]}" "${MODEL_ARGS[@]}")
+
+# Every argument is checked once, in one process, before any worker starts (one line, exit 2, if wrong).
+"$PYTHON" -m minilmv2.run_distillation "${ARGS[@]}" --validate_only
+
+if [ -n "${NNODES:-}" ] && [ "$NNODES" -gt 1 ]; then
+    LAUNCH=(--nnodes "$NNODES" --rdzv-id "${RDZV_ID:-minilmv2}" --rdzv-backend c10d
+        --rdzv-endpoint "${MASTER_ADDR:?set MASTER_ADDR to the first node}:${MASTER_PORT:-29500}")
+else
+    LAUNCH=(--standalone)
+fi
+echo "launching $NPROC process(es) per node; outputs in $OUTPUT_DIR"
+exec "$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" --nproc-per-node "$NPROC" -m minilmv2.run_distillation "${ARGS[@]}"
