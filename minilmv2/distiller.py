@@ -151,7 +151,9 @@ class MiniLM(nn.Module):
         """input_ids, attention_mask, token_type_ids: (B, S). Returns MiniLMOutput(loss=fp32 scalar)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        with torch.inference_mode():
+        # Inference mode is the cheapest way to run the frozen teacher, but torch.compile cannot trace it;
+        # under compilation no_grad gives the same graph.
+        with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
             teacher_states = qkv_states(self.teacher, self.L, self.kinds, input_ids, attention_mask, token_type_ids)
         student_states = qkv_states(self.student, self.M, self.kinds, input_ids, attention_mask, token_type_ids)
         loss, pair_losses = relation_loss(

@@ -71,12 +71,15 @@ def relation_row_weights(key_mask: torch.Tensor, num_relation_heads: int) -> tor
     return mask / (tokens.clamp(min=1) * num_relation_heads * nonempty)
 
 
-def _relation_log_probs(left: torch.Tensor, right: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """log softmax(left right^T / sqrt(d_r)) over real keys, fp32 (G, S, S) for (G, S, d_r) inputs."""
+def _relation_log_probs(left: torch.Tensor, right: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+    """log softmax(left right^T / sqrt(d_r)) over real keys, fp32 (G, S, S) for (G, S, d_r) inputs.
+
+    key_bias (G, 1, S) is 0 for real keys and the most negative fp32 for padding; adding it inside the
+    batched matmul costs nothing extra, and unlike -inf it keeps a row without real keys finite.
+    """
     # Scaling the (G, S, d_r) input is cheaper than scaling the (G, S, S) product.
     scaled_left = left.float() * (1.0 / math.sqrt(left.shape[-1]))
-    logits = torch.bmm(scaled_left, right.float().transpose(1, 2))
-    logits = logits.masked_fill(~key_mask[:, None, :], _MASK_FILL)
+    logits = torch.baddbmm(key_bias, scaled_left, right.float().transpose(1, 2))
     return torch.log_softmax(logits, dim=-1)
 
 
@@ -85,26 +88,31 @@ def relation_kl_chunk(
     teacher_right: torch.Tensor,
     student_left: torch.Tensor,
     student_right: torch.Tensor,
-    key_mask: torch.Tensor,
+    key_bias: torch.Tensor,
     row_weight: torch.Tensor,
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Weighted relation KL of one chunk of G groups, and the gradients of the student states.
 
-    Args: teacher_* (G, S, d_t), student_* (G, S, d_s), key_mask bool (G, S), row_weight fp32 (G, S).
+    Args: teacher_* (G, S, d_t), student_* (G, S, d_s), key_bias fp32 (G, 1, S) (see `_relation_log_probs`),
+        row_weight fp32 (G, S).
     Returns: loss (fp32 scalar), d loss / d student_left and d student_right (G, S, d_s, fp32) or None.
+
+    Runs without autograd (inside `_RelationKL.forward`), so the (G, S, S) buffers are updated in place: each
+    full pass over them is memory traffic, and this is the hot loop of the whole distillation.
     """
-    teacher_log_p = _relation_log_probs(teacher_left, teacher_right, key_mask)
-    student_log_q = _relation_log_probs(student_left, student_right, key_mask)
-    teacher_p = teacher_log_p.exp()
-    # Masked keys have p = 0 exactly (exp of a hugely negative number), so they add nothing.
-    row_kl = (teacher_p * (teacher_log_p - student_log_q)).sum(dim=-1)  # (G, S)
+    log_p = _relation_log_probs(teacher_left, teacher_right, key_bias)
+    log_q = _relation_log_probs(student_left, student_right, key_bias)
+    p = log_p.exp()
+    log_ratio = log_p.sub_(log_q)  # log p - log q, reusing log p's buffer
+    # KL per row = sum_k p_k log(p_k / q_k); masked keys have p = 0 exactly (exp of a hugely negative number).
+    row_kl = torch.einsum("gqk,gqk->gq", p, log_ratio)  # a batched dot product: no (G, S, S) temporary
     loss = (row_kl * row_weight).sum()
     if not need_grad:
         return loss, None, None
     # d KL(p || softmax(z)) / dz = q - p, times the row weight and the 1/sqrt(d_r) of the logits.
     scale = 1.0 / math.sqrt(student_left.shape[-1])
-    grad_logits = (student_log_q.exp() - teacher_p) * (row_weight * scale)[:, :, None]  # (G, S, S)
+    grad_logits = log_q.exp_().sub_(p).mul_((row_weight * scale)[:, :, None])  # (G, S, S)
     grad_left = torch.bmm(grad_logits, student_right.float())
     grad_right = torch.bmm(grad_logits.transpose(1, 2), student_left.float())
     return loss, grad_left, grad_right
@@ -117,7 +125,7 @@ _chunk_fn: Callable = relation_kl_chunk
 def use_compiled_chunks(enabled: bool = True) -> None:
     """Run the chunk math through torch.compile (fuses the elementwise passes over the S x S tensors)."""
     global _chunk_fn
-    _chunk_fn = torch.compile(relation_kl_chunk, dynamic=False) if enabled else relation_kl_chunk
+    _chunk_fn = torch.compile(relation_kl_chunk) if enabled else relation_kl_chunk
 
 
 class _RelationKL(torch.autograd.Function):
@@ -145,7 +153,8 @@ class _RelationKL(torch.autograd.Function):
             split_relation_heads(student_left, heads),
             split_relation_heads(student_right, heads),
         )
-        group_mask = key_mask.repeat_interleave(heads, dim=0)  # (B * A_r, S)
+        key_bias = torch.zeros(key_mask.shape, dtype=torch.float32, device=key_mask.device)
+        key_bias = key_bias.masked_fill_(~key_mask, _MASK_FILL).repeat_interleave(heads, dim=0)[:, None, :]
         group_weight = relation_row_weights(key_mask, heads).repeat_interleave(heads, dim=0)
         groups_per_chunk = max(1, chunk_elements // (seq * seq))
 
@@ -161,7 +170,7 @@ class _RelationKL(torch.autograd.Function):
                     t_right[part],
                     s_left[part],
                     s_right[part],
-                    group_mask[part],
+                    key_bias[part],
                     group_weight[part],
                     need_grad,
                 )
