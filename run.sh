@@ -24,9 +24,9 @@
 #   NNODES / MASTER_ADDR / MASTER_PORT / RDZV_ID  several nodes: run this script once per node with the
 #                 same values (torchrun's c10d rendezvous assigns ranks; see slurm/distill.sbatch)
 set -euo pipefail
-cd "$(dirname "$0")"
-
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+# Paths are relative to where you run this from; the project's .venv is used when there is one.
+HERE=$(cd "$(dirname "$0")" && pwd)
+PYTHON=${PYTHON:-$( [ -x "$HERE/.venv/bin/python" ] && echo "$HERE/.venv/bin/python" || echo python )}
 TEACHER_DIR=${TEACHER_DIR:-./model/bert-base-uncased}
 TOKENIZER_DIR=${TOKENIZER_DIR:-$TEACHER_DIR}
 TRAIN_CONFIG=${TRAIN_CONFIG:-./train_config.json}

@@ -60,13 +60,17 @@ def is_remote(source: str) -> bool:
 def load_corpus_config(path: str | os.PathLike, option: str = "--train_config") -> CorpusConfig:
     """Read and validate a corpus config; `UsageError` naming `option` and the bad value otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a JSON file like {CONFIG_EXAMPLE}")
     if not path.is_file():
         raise UsageError(f"{option} {path} does not exist; give a JSON file like {CONFIG_EXAMPLE}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise UsageError(f"{option} {path} cannot be read ({err.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        raise UsageError(f"{option} {path} is not UTF-8 text; expected JSON like {CONFIG_EXAMPLE}") from None
+    except json.JSONDecodeError as err:
         raise UsageError(f"{option} {path} is not valid JSON ({err}); expected {CONFIG_EXAMPLE}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{option} {path} must hold a JSON object like {CONFIG_EXAMPLE}")

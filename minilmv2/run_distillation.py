@@ -126,15 +126,14 @@ def split_groups(argv: list[str]) -> dict[str, list[str]]:
 
 
 def parse_training_args(argv: list[str]):
+    import torch
     from transformers import HfArgumentParser, TrainingArguments
 
-    import torch
-
     parser = HfArgumentParser((TrainingArguments, RunOptions))
-    if env_world_size() > 1 and not torch.cuda.is_available() and "--use_cpu" not in argv:
-        # Without use_cpu, transformers 5 sets up no DDP on a CPU-only machine (each torchrun process would
-        # train alone); with it, DDP runs over gloo. It must be known when the arguments are parsed: their
-        # __post_init__ already sets up the devices.
+    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if not accelerator and "--use_cpu" not in argv:
+        # On a CPU-only machine transformers 5 wants use_cpu for --bf16 and, without it, sets up no DDP (each
+        # torchrun process would train alone). It must be known at parse time: __post_init__ sets up devices.
         argv = [*argv, "--use_cpu", "true"]
     try:
         training_args, run_options, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
@@ -369,6 +368,17 @@ def print0(*args) -> None:
 
 
 def run(plan: Plan) -> int:
+    """Load, train, export; the SIGTERM/SIGINT handlers live only as long as training."""
+    from minilmv2.training import StopSignal
+
+    stop_signal = StopSignal().install()
+    try:
+        return train_and_export(plan, stop_signal)
+    finally:
+        stop_signal.restore()
+
+
+def train_and_export(plan: Plan, stop_signal) -> int:
     import torch
     from transformers import AutoModel, AutoTokenizer, set_seed
 
@@ -380,12 +390,10 @@ def run(plan: Plan) -> int:
         STUDENT_DIR,
         DistillationTrainer,
         NonFiniteLossError,
-        StopSignal,
         last_complete_checkpoint,
     )
 
     data_args, model_args, args = plan.data_args, plan.model_args, plan.training_args
-    stop_signal = StopSignal().install()
     output_dir = Path(args.output_dir)
     if plan.run_options.overwrite_output_dir and plan.checkpoint is None and env_rank() == 0:
         clear_previous_run(output_dir)
@@ -436,7 +444,10 @@ def run(plan: Plan) -> int:
         )
     if plan.restore_data:
         state_file = plan.checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
-        train_stream.load_state_dict(json.loads(state_file.read_text()))
+        try:
+            train_stream.load_state_dict(json.loads(state_file.read_text())["stream"])
+        except ValueError as err:
+            raise UsageError(f"{state_file}: {err}; pass --ignore_data_skip to restart the data stream") from None
         print0(f"resuming the corpus stream where {plan.checkpoint} left it (nothing is re-read or re-tokenised)")
 
     trainer = DistillationTrainer(

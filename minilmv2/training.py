@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -58,11 +59,15 @@ def export_student(student: torch.nn.Module, tokenizer, target: str | os.PathLik
     target = Path(target)
     scratch = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
-    student.save_pretrained(scratch, safe_serialization=True)
-    tokenizer.save_pretrained(scratch)
-    for file in scratch.iterdir():  # the data must be on disk before the rename makes it visible
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
+    try:
+        student.save_pretrained(scratch, safe_serialization=True)
+        tokenizer.save_pretrained(scratch)
+        for file in scratch.iterdir():  # the data must be on disk before the rename makes it visible
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     if target.exists():
         previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
         shutil.rmtree(previous, ignore_errors=True)
@@ -93,11 +98,18 @@ class StopSignal:
 
     def __init__(self):
         self.received: int | None = None
+        self._previous: dict[int, object] = {}
 
     def install(self) -> StopSignal:
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before `install` (the caller's Ctrl-C keeps working)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None:
@@ -189,13 +201,29 @@ class DistillationTrainer(Trainer):
         state_dir.mkdir(parents=True, exist_ok=True)
         state_file = state_dir / f"rank-{self.args.process_index}.json"
         scratch = state_file.with_suffix(".partial")
-        scratch.write_text(json.dumps(self.train_dataset.state_dict()))
+        student = self.accelerator.unwrap_model(self.model).student
+        record = {
+            "global_step": self.state.global_step,
+            "stream": self.train_dataset.state_dict(),
+            # Each rank's fingerprint of its student replica: DDP keeps them identical, and this shows it.
+            "student_sha256": parameters_sha256(student),
+        }
+        scratch.write_text(json.dumps(record))
         os.replace(scratch, state_file)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # every rank's stream position is on disk before the checkpoint counts as complete
         if self.args.should_save:
             marker = {"global_step": self.state.global_step, "world_size": self.args.world_size}
             (checkpoint / COMPLETE_MARKER).write_text(json.dumps(marker))
+
+
+def parameters_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in state-dict order: equal iff the weights are bitwise equal."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # ---- checkpoint discovery and validation (run before any model is loaded) ----
@@ -251,8 +279,8 @@ def validate_checkpoint(checkpoint: str | os.PathLike, world_size: int, restore_
         for rank in range(world_size):
             state_file = checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
             try:
-                json.loads(state_file.read_text())
-            except (OSError, ValueError):
+                json.loads(state_file.read_text())["stream"]
+            except (OSError, ValueError, KeyError, TypeError):
                 raise UsageError(
                     f"checkpoint {checkpoint} is corrupt: {state_file.relative_to(checkpoint)} is missing or "
                     f"unreadable; {advice}, or pass --ignore_data_skip to restart the data stream"

@@ -1,0 +1,254 @@
+"""Corpus config -> token stream: config validation, rank sharding, formats, packing, shuffling, resume.
+
+All on real text (the offline corpus shards, cut short) and a real WordPiece tokenizer.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures.distill.tiny_teacher import first_lines, tiny_tokenizer, write_corpus_config
+
+from minilmv2.data import (
+    PadCollator,
+    TokenStream,
+    is_byte_splittable,
+    load_corpus_config,
+    rank_units,
+    read_unit,
+)
+from minilmv2.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def shards(corpus_dir, tmp_path_factory) -> list[Path]:
+    """Three short real shards (Wikipedia leads and novels), 120 / 90 / 60 lines."""
+    folder = tmp_path_factory.mktemp("shards")
+    return [
+        first_lines(corpus_dir / "wiki-00.txt", folder / "wiki-a.txt", 120),
+        first_lines(corpus_dir / "books-00.txt", folder / "books-a.txt", 90),
+        first_lines(corpus_dir / "wiki-01.txt", folder / "wiki-b.txt", 60),
+    ]
+
+
+def all_lines(paths: list[Path]) -> Counter:
+    return Counter(line.strip() for p in paths for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def rank_documents(config, rank: int, world_size: int) -> list[str]:
+    return [text for unit in rank_units(config, rank, world_size) for text, _ in read_unit(config, unit)]
+
+
+# ---- config ----
+
+
+def test_config_resolves_globs_relative_to_the_config_file(shards, tmp_path):
+    config_path = write_corpus_config(tmp_path / "c.json", [])
+    config_path.write_text(json.dumps({"urls": [f"{shards[0].parent}/wiki-*.txt", str(shards[1])]}))
+    config = load_corpus_config(config_path)
+    assert config.sources == (str(shards[0]), str(shards[2]), str(shards[1]))
+    assert (config.format, config.columns) == ("text", ("text",))
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "one.txt").write_text(shards[0].read_text())
+    (tmp_path / "rel.json").write_text(json.dumps({"urls": ["data/*.txt"], "format": "txt", "columns": "text"}))
+    assert load_corpus_config(tmp_path / "rel.json").sources == (str(tmp_path / "data" / "one.txt"),)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"urls": []}', '"urls" must be a non-empty list'),
+        ('{"urls": ["x.txt"], "format": "xml"}', "format 'xml' is not one of text, json, csv, parquet"),
+        ('{"urls": ["missing-*.txt"]}', "matches no file"),
+        ('{"urls": ["missing.txt"]}', "does not exist"),
+        ('{"urls": ["empty.txt"]}', "the corpus is empty"),
+        ('{"urls": ["empty.txt"], "columns": ""}', '"columns" must be a name'),
+    ],
+)
+def test_bad_configs_are_refused_with_the_value_named(tmp_path, content, message):
+    (tmp_path / "empty.txt").write_text("\n  \n\n")
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=message) as caught:
+        load_corpus_config(path, "--train_config")
+    assert "--train_config" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_missing_config_file_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_corpus_config(tmp_path / "nope.json", "--val_config")
+
+
+# ---- sharding: each rank reads its own share; together they read every document exactly once ----
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_byte_range_shards_cover_every_line_exactly_once(shards, tmp_path, world_size):
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", shards))
+    per_rank = [rank_documents(config, rank, world_size) for rank in range(world_size)]
+    assert Counter(d for docs in per_rank for d in docs) == all_lines(shards)
+    # Every rank gets a fair share (byte ranges), not an empty one.
+    assert min(len(docs) for docs in per_rank) > 0.5 * sum(map(len, per_rank)) / world_size
+
+
+def test_a_single_file_is_split_by_bytes_so_each_rank_reads_only_its_range(shards, tmp_path):
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", [shards[0]]))
+    raw = shards[0].read_bytes()
+    line_starts = [0] + [i + 1 for i, byte in enumerate(raw) if byte == ord("\n") and i + 1 < len(raw)]
+    for rank in range(2):
+        (unit,) = rank_units(config, rank, 2)
+        assert unit.mode == "bytes" and (unit.piece, unit.pieces) == (rank, 2)
+        start, end = rank * len(raw) // 2, (rank + 1) * len(raw) // 2
+        # A rank owns exactly the lines that start inside its byte range.
+        owned = [raw[s:].split(b"\n", 1)[0].decode().strip() for s in line_starts if start <= s < end]
+        assert [text for text, _ in read_unit(config, unit)] == [text for text in owned if text]
+
+
+def test_compressed_files_go_whole_to_ranks_or_interleave_by_row(shards, tmp_path):
+    gz = []
+    for path in shards:
+        target = tmp_path / (path.name + ".gz")
+        target.write_bytes(gzip.compress(path.read_bytes()))
+        gz.append(target)
+    assert not is_byte_splittable(str(gz[0]), "text")
+    # 3 files, 2 ranks: whole files, round robin.
+    config = load_corpus_config(write_corpus_config(tmp_path / "three.json", gz))
+    assert [u.mode for u in rank_units(config, 0, 2)] == ["whole", "whole"]
+    assert Counter(d for r in range(2) for d in rank_documents(config, r, 2)) == all_lines(shards)
+    # 1 file, 2 ranks: every rank reads it but keeps (and tokenises) only its rows.
+    config = load_corpus_config(write_corpus_config(tmp_path / "one.json", gz[:1]))
+    assert [u.mode for u in rank_units(config, 1, 2)] == ["rows"]
+    rank_docs = [rank_documents(config, r, 2) for r in range(2)]
+    assert Counter(rank_docs[0] + rank_docs[1]) == all_lines(shards[:1])
+    assert not set(rank_docs[0]) & set(rank_docs[1]) - {d for d, n in all_lines(shards[:1]).items() if n > 1}
+
+
+def test_jsonl_and_csv_join_their_columns_with_a_newline(shards, tmp_path):
+    lines = [line for line in shards[1].read_text().splitlines() if line.strip()][:20]
+    records = [{"title": f"part {i}", "body": line, "other": i} for i, line in enumerate(lines)]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = tmp_path / "docs.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["title", "body", "other"])
+        writer.writeheader()
+        writer.writerows(records)
+    expected = [f"part {i}\n{line}" for i, line in enumerate(lines)]
+    for path, fmt in ((jsonl, "jsonl"), (table, "csv")):
+        config = load_corpus_config(write_corpus_config(tmp_path / f"{fmt}.json", [path], fmt, "title,body"))
+        assert config.columns == ("title", "body")
+        assert sorted(rank_documents(config, 0, 1)) == sorted(expected)
+        two_ranks = rank_documents(config, 0, 2) + rank_documents(config, 1, 2)
+        assert sorted(two_ranks) == sorted(expected)
+    assert is_byte_splittable(str(jsonl), "json") and not is_byte_splittable(str(table), "csv")
+
+
+# ---- packing, one-line mode, shuffling ----
+
+
+def test_packing_fills_every_sequence_and_keeps_every_token_in_order(shards, tmp_path, tokenizer):
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", shards[:2]))
+    stream = TokenStream(config, tokenizer, 64, shuffle_buffer=1, infinite=False)
+    sequences = [example["input_ids"] for example in stream]
+    cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    assert all(len(s) == 64 for s in sequences[:-1]) and 3 <= len(sequences[-1]) <= 64
+    assert all(s[0] == cls and s[-1] == sep and pad not in s for s in sequences)
+    documents = [line for path in shards[:2] for line in path.read_text().splitlines() if line.strip()]
+    expected = [t for ids in tokenizer(documents, add_special_tokens=False)["input_ids"] for t in ids]
+    packed = [t for s in sequences for t in s[1:-1] if t != sep]
+    assert packed == expected
+    # Documents share sequences: a boundary inside a sequence is a [SEP].
+    assert sum(s[1:-1].count(sep) for s in sequences) > 0.5 * len(documents)
+
+
+def test_no_packing_gives_one_truncated_document_per_sequence_and_pads_per_batch(shards, tmp_path, tokenizer):
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", shards[2:]))
+    stream = TokenStream(config, tokenizer, 32, packing=False, shuffle_buffer=1, infinite=False)
+    sequences = [example["input_ids"] for example in stream]
+    documents = [line for line in shards[2].read_text().splitlines() if line.strip()]
+    assert len(sequences) == len(documents)
+    first = tokenizer(documents[0], add_special_tokens=False)["input_ids"]
+    assert sequences[0] == [tokenizer.cls_token_id, *first[:30], tokenizer.sep_token_id]
+    batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": s} for s in sequences[:8]])
+    lengths = torch.tensor([len(s) for s in sequences[:8]])
+    assert batch["input_ids"].shape == (8, int(lengths.max()))
+    assert torch.equal(batch["attention_mask"].sum(1), lengths)
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+
+
+def test_shuffle_buffer_is_seeded_and_loses_nothing(shards, tmp_path, tokenizer):
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", shards))
+
+    def one_pass(seed, buffer):
+        stream = TokenStream(config, tokenizer, 48, shuffle_buffer=buffer, seed=seed, infinite=False)
+        return [tuple(e["input_ids"]) for e in stream]
+
+    ordered, shuffled = one_pass(1, 1), one_pass(1, 50)
+    assert shuffled == one_pass(1, 50)
+    assert shuffled != ordered and shuffled != one_pass(2, 50)
+    assert Counter(shuffled) == Counter(ordered)
+
+
+def test_training_stream_starts_a_new_pass_when_its_share_is_used_up(shards, tmp_path, tokenizer):
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", shards[2:]))
+    one_pass = len(list(TokenStream(config, tokenizer, 32, shuffle_buffer=1, infinite=False)))
+    stream = TokenStream(config, tokenizer, 32, shuffle_buffer=4, infinite=True)
+    iterator = iter(stream)
+    taken = [next(iterator) for _ in range(3 * one_pass)]
+    assert len(taken) == 3 * one_pass and stream.epoch >= 2
+
+
+# ---- resume: same continuation, without tokenising the consumed part again ----
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the documents it is asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.documents = tokenizer, 0
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, texts, **kwargs):
+        self.documents += len(texts)
+        return self.tokenizer(texts, **kwargs)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_state_dict_resumes_the_exact_stream_without_retokenising(shards, tmp_path, tokenizer, packing):
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", shards))
+    options = {"packing": packing, "shuffle_buffer": 16, "seed": 7, "rank": 1, "world_size": 2, "tokenize_batch": 8}
+    original = TokenStream(config, CountingTokenizer(tokenizer), 40, **options)
+    iterator = iter(original)
+    for _ in range(150):
+        next(iterator)
+    state = json.loads(json.dumps(original.state_dict()))  # goes through a JSON file in a checkpoint
+    tokenised_before_state = original.tokenizer.documents
+    continuation = [next(iterator)["input_ids"] for _ in range(40)]
+
+    counting = CountingTokenizer(tokenizer)
+    resumed = TokenStream(config, counting, 40, **options)
+    resumed.load_state_dict(state)
+    assert [example["input_ids"] for _, example in zip(range(40), resumed, strict=False)] == continuation
+    # The resumed stream tokenises only what the original tokenised after the state: nothing consumed before.
+    assert tokenised_before_state >= 40
+    assert counting.documents == original.tokenizer.documents - tokenised_before_state
+
+    other_world = TokenStream(config, tokenizer, 40, **{**options, "rank": 0, "world_size": 3})
+    with pytest.raises(ValueError, match="different corpus or number of processes"):
+        other_world.load_state_dict(state)

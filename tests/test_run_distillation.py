@@ -1,0 +1,178 @@
+"""The distillation entry point end to end, in-process and through run.sh, on a tiny local teacher and real text."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures.distill.tiny_teacher import (
+    distill_argv,
+    first_lines,
+    tiny_tokenizer,
+    write_corpus_config,
+    write_tiny_teacher,
+)
+from safetensors.torch import load_file
+
+from minilmv2.run_distillation import main, split_groups
+from minilmv2.training import COMPLETE_MARKER, parameters_sha256
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(corpus_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = write_tiny_teacher(root / "teacher")
+    shards = [
+        first_lines(corpus_dir / "wiki-00.txt", root / "wiki.txt", 150),
+        first_lines(corpus_dir / "books-00.txt", root / "books.txt", 150),
+    ]
+    train = write_corpus_config(root / "train.json", shards)
+    val = write_corpus_config(root / "val.json", [first_lines(corpus_dir / "val-00.txt", root / "val.txt", 20)])
+    return {"root": root, "teacher": teacher, "train": train, "val": val}
+
+
+def test_grouped_command_line_end_to_end(setup, tmp_path, capsys):
+    from transformers import AutoModel, AutoTokenizer
+
+    out = tmp_path / "out"
+    argv = distill_argv(
+        setup["teacher"],
+        setup["train"],
+        out,
+        data=("--val_config", str(setup["val"])),
+        training=("--save_steps", "3", "--seed=42", "--ddp_find_unused_parameters", "true", "--eval_steps", "3"),
+        model=("--student_intermediate_size", "96"),
+        max_steps=6,
+    )
+    groups = split_groups(argv)
+    # Groups in another order, behind the reference run.sh's leading "--".
+    reordered = ["--", "model_params", *groups["model_params"], "training_params", *groups["training_params"]]
+    reordered += ["data_params", *groups["data_params"]]
+    assert main(reordered) == 0
+    printed = capsys.readouterr().out
+
+    student_dir = out / "student"
+    student = AutoModel.from_pretrained(student_dir)
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    config = student.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 2, 2)
+    assert config.intermediate_size == 96 and config.vocab_size == tokenizer.vocab_size == 1500
+    assert student.encoder.layer[0].intermediate.dense.weight.shape == (96, 32)
+    encoded = tokenizer("It is a truth universally acknowledged.", return_tensors="pt")
+    assert student(**encoded).last_hidden_state.shape == (1, encoded["input_ids"].shape[1], 32)
+    assert f"student:    {student_dir}" in printed and f"loss curve: {out / 'loss_curve.png'}" in printed
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Checkpoints: the Trainer layout, the student inside, and no teacher anywhere.
+    for step in (3, 6):
+        checkpoint = out / f"checkpoint-{step}"
+        assert {"trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", COMPLETE_MARKER} <= {
+            p.name for p in checkpoint.iterdir()
+        }
+        weights = [p.relative_to(checkpoint) for p in checkpoint.rglob("*") if p.suffix in (".safetensors", ".pt")]
+        assert sorted(weights) == [Path("optimizer.pt"), Path("scheduler.pt"), Path("student/model.safetensors")]
+        assert set(load_file(checkpoint / "student" / "model.safetensors")) == set(student.state_dict())
+        assert AutoModel.from_pretrained(checkpoint / "student").config.intermediate_size == 96
+    history = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in history if "eval_loss" in e] == [3, 6]
+    assert all(0 < e["eval_loss"] < 1 for e in history if "eval_loss" in e)
+
+    # Trained: what gets a gradient moved between the checkpoints; the last layer's FFN (no gradient) did not.
+    early, final = load_file(out / "checkpoint-3" / "student" / "model.safetensors"), student.state_dict()
+    assert not torch.equal(
+        early["encoder.layer.1.attention.self.query.weight"], final["encoder.layer.1.attention.self.query.weight"]
+    )
+    assert not torch.equal(early["embeddings.word_embeddings.weight"], final["embeddings.word_embeddings.weight"])
+    assert torch.equal(early["encoder.layer.1.output.dense.weight"], final["encoder.layer.1.output.dense.weight"])
+    assert parameters_sha256(student) != parameters_sha256(AutoModel.from_config(config))
+
+
+def test_one_line_mode_bf16_and_default_ffn(setup, tmp_path):
+    from transformers import AutoModel
+
+    out = tmp_path / "out"
+    argv = distill_argv(
+        setup["teacher"], setup["train"], out, data=("--no_packing",), training=("--bf16",), max_steps=2
+    )
+    assert main(argv) == 0
+    config = AutoModel.from_pretrained(out / "student").config
+    assert config.intermediate_size == 4 * 32
+    losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(losses) == 2 and all(0 < loss < 1 for loss in losses)
+
+
+def test_minilm_v1_preset_trains(setup, tmp_path):
+    out = tmp_path / "out"
+    # v1 needs the teacher's head count (4): one relation head per attention head.
+    argv = distill_argv(setup["teacher"], setup["train"], out, model=("--minilm_v1",), max_steps=1)
+    argv[argv.index("--student_attention_heads") + 1] = "4"
+    assert main(argv) == 0
+    assert (out / "student" / "model.safetensors").is_file()
+
+
+def test_reference_run_sh_argument_set_is_accepted(corpus_dir, tmp_path, capsys, monkeypatch):
+    """The first public reimplementation's run.sh, word for word, against a teacher with 12 layers."""
+    from transformers import BertConfig, BertModel
+
+    teacher = tmp_path / "model" / "bert-base-uncased"
+    config = BertConfig(vocab_size=1500, hidden_size=48, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=64, max_position_embeddings=512)  # fmt: skip
+    BertModel(config).save_pretrained(teacher)
+    tiny_tokenizer().save_pretrained(teacher)
+    write_corpus_config(tmp_path / "train_config.json", [corpus_dir / "wiki-00.txt"])
+    monkeypatch.chdir(tmp_path)
+    reference = """-- data_params --train_config ./train_config.json training_params
+        --per_device_train_batch_size 256 --learning_rate 6e-4 --adam_epsilon 1e-6 --adam_beta1 0.9
+        --adam_beta2 0.999 --weight_decay 0.01 --max_steps 400000 --save_steps 50000 --logging_steps 1000
+        --warmup_steps 4000 --ddp_find_unused_parameters true --output_dir ./out --seed=42
+        model_params --input_model_dir ./model/bert-base-uncased/ --student_hidden_size 384
+        --student_num_layers 6 --student_attention_heads 12 --L 12 --num_relation_heads 48"""
+    assert main([*reference.split(), "--validate_only"]) == 0
+    assert capsys.readouterr().out.strip() == "arguments OK"
+    assert not (tmp_path / "out").exists()
+
+
+def run_script(env_overrides: dict, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable, **env_overrides}
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "run.sh")], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_run_sh_launches_torchrun_with_env_overrides(setup, tmp_path):
+    out = tmp_path / "out"
+    overrides = {
+        "TEACHER_DIR": str(setup["teacher"]), "TRAIN_CONFIG": str(setup["train"]), "OUTPUT_DIR": str(out),
+        "VAL_CONFIG": str(setup["val"]), "STUDENT_HIDDEN_SIZE": "32", "STUDENT_NUM_LAYERS": "2",
+        "STUDENT_ATTENTION_HEADS": "2", "L": "2", "NUM_RELATION_HEADS": "4", "BATCH_SIZE": "2",
+        "MAX_SEQ_LEN": "32", "MAX_STEPS": "2", "SAVE_STEPS": "2", "LOGGING_STEPS": "1", "WARMUP_STEPS": "0",
+        "REPORT_TO": "none", "NPROC": "1", "EXTRA_ARGS": "--disable_tqdm true",
+    }  # fmt: skip
+    result = run_script(overrides, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "arguments OK" in result.stdout and f"student:    {out / 'student'}" in result.stdout
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and any("eval_loss" in e for e in state["log_history"])
+    assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"TEACHER_DIR": "no/such/teacher"}, "no teacher at no/such/teacher"),
+        ({"TRAIN_CONFIG": "no/such/config.json"}, "no corpus config at no/such/config.json"),
+    ],
+)
+def test_run_sh_says_what_to_do_when_the_teacher_or_corpus_is_missing(setup, tmp_path, overrides, message):
+    env = {"TEACHER_DIR": str(setup["teacher"]), "TRAIN_CONFIG": str(setup["train"]), **overrides}
+    result = run_script(env, tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}")
+    assert not (tmp_path / "out").exists()
