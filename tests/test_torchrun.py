@@ -1,0 +1,62 @@
+"""A real 2-process `torchrun` run on CPU (gloo): the ranks read different data and end with identical students."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpus_config, write_tiny_teacher
+
+from minilmv2.data import TokenStream, load_corpus_config
+from minilmv2.training import COMPLETE_MARKER, parameters_sha256
+
+STEPS, BATCH, SEQ_LEN, BUFFER = 6, 4, 32, 16
+
+
+def test_two_ranks_share_the_corpus_and_stay_identical(corpus_dir, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    teacher = write_tiny_teacher(tmp_path / "teacher")
+    # One shard only: the ranks must still split it (by bytes), not both read it.
+    train = write_corpus_config(
+        tmp_path / "train.json", [first_lines(corpus_dir / "books-01.txt", tmp_path / "books.txt", 300)]
+    )
+    out = tmp_path / "out"
+    argv = distill_argv(teacher, train, out, training=("--save_steps", str(STEPS)), max_steps=STEPS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "minilmv2.run_distillation", *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("student:    ") == 1  # only rank 0 talks
+
+    checkpoint = out / f"checkpoint-{STEPS}"
+    assert json.loads((checkpoint / COMPLETE_MARKER).read_text()) == {"global_step": STEPS, "world_size": 2}
+    records = [json.loads((checkpoint / "data_state" / f"rank-{r}.json").read_text()) for r in range(2)]
+
+    # Identical students: both replicas' fingerprints match each other and the exported student.
+    exported = parameters_sha256(AutoModel.from_pretrained(out / "student"))
+    assert records[0]["student_sha256"] == records[1]["student_sha256"] == exported
+
+    # Different data: rebuild each rank's stream; after exactly STEPS x BATCH examples it is where the run
+    # left it, so those are the examples that rank trained on.
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    config = load_corpus_config(train)
+    seen = []
+    for rank, record in enumerate(records):
+        stream = TokenStream(config, tokenizer, SEQ_LEN, shuffle_buffer=BUFFER, seed=42, rank=rank, world_size=2)
+        iterator = iter(stream)
+        seen.append({tuple(next(iterator)["input_ids"]) for _ in range(STEPS * BATCH)})
+        assert stream.state_dict() == record["stream"]
+        assert record["stream"]["units"] == [[str(config.sources[0]), "bytes", rank, 2]]
+    assert len(seen[0]) == len(seen[1]) == STEPS * BATCH and not seen[0] & seen[1]
+
+    # Rank 1 started in the second half of the file: it never read (or tokenised) rank 0's half.
+    size = Path(config.sources[0]).stat().st_size
+    assert records[1]["stream"]["unit_position"] > size // 2 > records[0]["stream"]["unit_position"]
+    # The logged token count is the global one: both ranks' packed, unpadded batches.
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["num_input_tokens_seen"] == 2 * STEPS * BATCH * SEQ_LEN
