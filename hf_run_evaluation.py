@@ -120,7 +120,10 @@ def parse_arguments(argv: list[str] | None):
             if not Path(argv[0]).is_file():
                 raise UsageError(f"argument file {argv[0]!r} does not exist")
             return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-        return parser.parse_args_into_dataclasses(args=argv)
+        *arguments, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if unknown:
+            raise UsageError(f"unknown argument(s) {' '.join(unknown)}; see --help for the valid ones")
+        return tuple(arguments)
     except UsageError:
         raise
     except (ValueError, TypeError) as err:  # TrainingArguments.__post_init__ validates its own values
@@ -202,6 +205,8 @@ def check_arguments(
         glue.offline_task_paths(spec, data_args.offline_data_dir or glue.default_offline_data_dir())
     elif data_args.glue_dir:
         glue.glue_tsv_paths(spec, data_args.glue_dir, needed_splits(spec, training_args))
+    else:
+        glue.check_hub_online(spec)
 
     check_model_dir(model_args.model_name_or_path)
     if model_args.config_name:

@@ -134,7 +134,7 @@ for task in "${task_list[@]}"; do
     done
 done
 
-"$PYTHON" -m minilmv2.sweep_summary "$OUTPUT_DIR" --model_name "$(basename "$MODEL_DIR")" || exit 1
+"$PYTHON" -m minilmv2.sweep_summary "$OUTPUT_DIR" --model_name "$(basename "$MODEL_DIR")" --tasks "${task_list[@]}" || exit 1
 if (( failed > 0 )); then
     echo "$failed of $total runs failed; they are marked failed in $OUTPUT_DIR/summary.md"
     exit 1

@@ -144,9 +144,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     ]
 }
 OFFLINE_TASKS: dict[str, TaskSpec] = {
-    "tweet_sentiment": TaskSpec(
-        "tweet_sentiment", ("text", None), ("negative", "neutral", "positive"), "accuracy"
-    ),
+    "tweet_sentiment": TaskSpec("tweet_sentiment", ("text", None), ("negative", "neutral", "positive"), "accuracy"),
     "bbc_news": TaskSpec(
         "bbc_news", ("text", None), ("business", "entertainment", "politics", "sport", "tech"), "accuracy"
     ),
@@ -179,8 +177,7 @@ def get_task(name: str) -> TaskSpec:
     spec = TASKS.get(name.lower())
     if spec is None:
         raise UsageError(
-            f"unknown task {name!r}; valid tasks: {', '.join(GLUE_TASKS)} (GLUE), "
-            f"{', '.join(OFFLINE_TASKS)} (offline)"
+            f"unknown task {name!r}; valid tasks: {', '.join(GLUE_TASKS)} (GLUE), {', '.join(OFFLINE_TASKS)} (offline)"
         )
     return spec
 
@@ -281,9 +278,7 @@ def _parse_label(spec: TaskSpec, token: str, path: Path, line_number: int) -> in
             raise UsageError(f"{path}:{line_number}: label {token!r} is not a number") from None
     assert spec.tsv_label_tokens is not None
     if token not in spec.tsv_label_tokens:
-        raise UsageError(
-            f"{path}:{line_number}: label {token!r} is not one of {', '.join(spec.tsv_label_tokens)}"
-        )
+        raise UsageError(f"{path}:{line_number}: label {token!r} is not one of {', '.join(spec.tsv_label_tokens)}")
     return spec.tsv_label_tokens.index(token)
 
 
@@ -292,9 +287,7 @@ def load_glue_dir(spec: TaskSpec, glue_dir: str | Path, splits: list[str]):
     import datasets
 
     paths = glue_tsv_paths(spec, glue_dir, splits)
-    return datasets.DatasetDict(
-        {split: _to_dataset(spec, read_glue_tsv(spec, path)) for split, path in paths.items()}
-    )
+    return datasets.DatasetDict({split: _to_dataset(spec, read_glue_tsv(spec, path)) for split, path in paths.items()})
 
 
 def _to_dataset(spec: TaskSpec, columns: dict[str, list]):
@@ -313,18 +306,24 @@ def _to_dataset(spec: TaskSpec, columns: dict[str, list]):
 
 
 def load_glue_hub(spec: TaskSpec, splits: list[str], cache_dir: str | None = None):
-    """DatasetDict of `splits` from the hub's `nyu-mll/glue`; UsageError when the hub is switched off."""
+    """DatasetDict of `splits` from the hub's `nyu-mll/glue` (users with network)."""
     import datasets
+
+    check_hub_online(spec)
+    raw = datasets.load_dataset(GLUE_HUB_NAME, spec.name, cache_dir=cache_dir)
+    keep = [key for key in spec.text_keys if key is not None] + ["label"]
+    return datasets.DatasetDict({split: raw[split].select_columns(keep) for split in splits})
+
+
+def check_hub_online(spec: TaskSpec) -> None:
+    """UsageError when a task would need the hub but HF_HUB_OFFLINE is set."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         raise UsageError(
             f"task {spec.name!r} has no local data and the hub is offline (HF_HUB_OFFLINE=1): "
-            f"pass --glue_dir DIR (GLUE TSV layout) or --train_file/--validation_file"
+            "pass --glue_dir DIR (GLUE TSV layout) or --train_file/--validation_file"
         )
-    raw = datasets.load_dataset(GLUE_HUB_NAME, spec.name, cache_dir=cache_dir)
-    keep = [key for key in spec.text_keys if key is not None] + ["label"]
-    return datasets.DatasetDict({split: raw[split].select_columns(keep) for split in splits})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -360,16 +359,12 @@ def load_data_files(files: dict[str, str], spec: TaskSpec | None, cache_dir: str
     raw = datasets.load_dataset(builder, data_files=files, cache_dir=cache_dir)
     columns = raw[next(iter(files))].column_names
     if "label" not in columns:
-        raise UsageError(
-            f"data file {next(iter(files.values()))!r} has no 'label' column (columns: {columns})"
-        )
+        raise UsageError(f"data file {next(iter(files.values()))!r} has no 'label' column (columns: {columns})")
     if spec is None:
         spec = _infer_file_task(raw)
     missing = [key for key in spec.text_keys if key is not None and key not in columns]
     if missing:
-        raise UsageError(
-            f"data files lack column(s) {missing} that task {spec.name!r} reads (columns: {columns})"
-        )
+        raise UsageError(f"data files lack column(s) {missing} that task {spec.name!r} reads (columns: {columns})")
     keep = [key for key in spec.text_keys if key is not None] + ["label"]
     out = {}
     for split, dataset in raw.items():
@@ -453,8 +448,7 @@ def read_offline_examples(spec: TaskSpec, data_dir: str | Path) -> tuple[list[st
             sentiment = (row.get("sentiment") or "").strip()
             if sentiment not in spec.label_names:
                 raise UsageError(
-                    f"{paths[0]}:{line_number}: sentiment {sentiment!r} is not one of "
-                    f"{', '.join(spec.label_names)}"
+                    f"{paths[0]}:{line_number}: sentiment {sentiment!r} is not one of {', '.join(spec.label_names)}"
                 )
             texts.append(row.get("text") or "")
             labels.append(spec.label_names.index(sentiment))
@@ -539,6 +533,8 @@ def compute_metrics(spec: TaskSpec, predictions: np.ndarray, references: np.ndar
     predictions = np.asarray(predictions)
     references = np.asarray(references)
     if spec.is_regression:
+        # The model's outputs arrive as float32, and scipy would then compute Pearson in float32 (~1e-5 off).
+        predictions, references = predictions.astype(np.float64), references.astype(np.float64)
         if spec.name == "custom":  # run_glue scores a regression task of the user's own by mean squared error
             return {"mse": float(np.mean((predictions - references) ** 2))}
         result = {
@@ -567,12 +563,8 @@ def compute_metrics(spec: TaskSpec, predictions: np.ndarray, references: np.ndar
 
 def task_summary(spec: TaskSpec) -> str:
     """One line describing a task's labels, for the script's start-up print."""
-    kind = (
-        "regression" if spec.is_regression else f"{spec.num_labels} classes ({', '.join(spec.label_names)})"
-    )
-    return (
-        f"task {spec.name}: {kind}, texts {[k for k in spec.text_keys if k]}, main metric {spec.main_metric}"
-    )
+    kind = "regression" if spec.is_regression else f"{spec.num_labels} classes ({', '.join(spec.label_names)})"
+    return f"task {spec.name}: {kind}, texts {[k for k in spec.text_keys if k]}, main metric {spec.main_metric}"
 
 
 def read_json_file(path: str | Path) -> dict:

@@ -220,20 +220,16 @@ def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBes
         grid[rates.index(lr), epochs.index(ep)] = score
     figure, axes = plt.subplots(figsize=(1.6 + 1.1 * len(epochs), 1.2 + 0.55 * len(rates)))
     image = axes.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+    low, high = (np.nanmin(grid), np.nanmax(grid)) if cells else (0.0, 1.0)
     for row, lr in enumerate(rates):
         for col, ep in enumerate(epochs):
             score = grid[row, col]
-            text = "failed" if np.isnan(score) else f"{score:.2f}"
+            if np.isnan(score):
+                text, color = "failed", "red"
+            else:  # dark text on the bright (high) end of viridis, light text on the dark end
+                text, color = f"{score:.2f}", "black" if score - low > 0.6 * (high - low) else "white"
             bold = (lr, ep) == (best.learning_rate, best.epochs)
-            axes.text(
-                col,
-                row,
-                text,
-                ha="center",
-                va="center",
-                color="red" if np.isnan(score) else "white",
-                fontweight="bold" if bold else "normal",
-            )
+            axes.text(col, row, text, ha="center", va="center", color=color, fontweight="bold" if bold else "normal")
     axes.set_xticks(range(len(epochs)), epochs)
     axes.set_yticks(range(len(rates)), rates)
     axes.set_xlabel("epochs")
@@ -246,14 +242,21 @@ def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBes
     plt.close(figure)
 
 
-def summarise(sweep_dir: str | Path, model_name: str | None = None) -> list[Path]:
-    """Write summary.csv, summary.md, runs.csv and one heatmap per task; returns their paths."""
+def summarise(sweep_dir: str | Path, model_name: str | None = None, tasks: list[str] | None = None) -> list[Path]:
+    """Write summary.csv, summary.md, runs.csv and one heatmap per task; returns their paths.
+
+    tasks: summarise only these, in this order (run_eval.sh passes its TASKS); default: all, alphabetically.
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UsageError(f"sweep directory {str(sweep_dir)!r} does not exist")
     runs = read_runs(sweep_dir)
+    if tasks:
+        runs = sorted((run for run in runs if run.task in tasks), key=lambda run: tasks.index(run.task))
     if not runs:
-        raise UsageError(f"sweep directory {str(sweep_dir)!r} holds no runs (no */*/{RUN_RECORD})")
+        raise UsageError(
+            f"sweep directory {str(sweep_dir)!r} holds no runs (no */*/{RUN_RECORD}) of the tasks asked for"
+        )
     bests = best_per_task(runs)
     written = [sweep_dir / "summary.csv", sweep_dir / "summary.md", sweep_dir / "runs.csv"]
     write_summary_csv(written[0], bests)
@@ -271,8 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Summarise a run_eval.sh sweep.")
     parser.add_argument("sweep_dir", help="run_eval.sh's OUTPUT_DIR")
     parser.add_argument("--model_name", default=None, help="row label in summary.md (default: 'model')")
+    parser.add_argument("--tasks", nargs="+", default=None, help="tasks to summarise, in table order")
     args = parser.parse_args(argv)
-    written = summarise(args.sweep_dir, args.model_name)
+    written = summarise(args.sweep_dir, args.model_name, args.tasks)
     print((Path(args.sweep_dir) / "summary.md").read_text(encoding="utf-8"))
     print("Summary written to: " + ", ".join(str(path) for path in written))
 

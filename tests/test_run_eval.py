@@ -1,0 +1,160 @@
+"""run_eval.sh end to end: a short real sweep (2 learning rates x 1 epoch, tiny BERT, GLUE TSV fixtures) in which
+one task has no data, so its runs fail; the sweep must go on and summarise."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from fixtures.glue.tiny_bert import write_tiny_bert
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GLUE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_sweep(env_overrides: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": str(REPO_ROOT / ".venv" / "bin" / "python"), **env_overrides}
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "run_eval.sh")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One sweep: sst2 (data present) and rte (no RTE folder: every run fails), lrs 1e-3 and 3e-2, 1 epoch."""
+    root = tmp_path_factory.mktemp("sweep")
+    model = write_tiny_bert(root / "student")
+    shutil.copytree(GLUE_FIXTURES / "SST-2", root / "glue" / "SST-2")
+    env = {
+        "MODEL_DIR": str(model),
+        "TASKS": "sst2 rte",
+        "GLUE_DIR": str(root / "glue"),
+        "LEARNING_RATES": "1e-3 3e-2",
+        "EPOCHS": "1",
+        "SEEDS": "7",
+        "OUTPUT_DIR": str(root / "out"),
+        "EXTRA_ARGS": "--per_device_train_batch_size 4 --max_seq_length 32 --disable_tqdm true",
+    }
+    return root / "out", env, run_sweep(env)
+
+
+def test_failed_runs_are_marked_and_the_sweep_goes_on(sweep):
+    out, _, result = sweep
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # some runs failed
+    assert "2 of 4 runs failed" in result.stdout
+    records = [json.loads(p.read_text()) for p in out.glob("*/*/sweep_run.json")]
+    statuses = {(r["task"], r["learning_rate"]): r["status"] for r in records}
+    assert statuses == {
+        ("sst2", "1e-3"): "ok",
+        ("sst2", "3e-2"): "ok",
+        ("rte", "1e-3"): "failed",
+        ("rte", "3e-2"): "failed",
+    }
+    assert all(r["exit_code"] == 2 for r in records if r["status"] == "failed")  # refused: no RTE data
+    assert "lacks" in (out / "rte" / "lr1e-3_ep1_seed7" / "run.log").read_text()
+    results = json.loads((out / "sst2" / "lr3e-2_ep1_seed7" / "all_results.json").read_text())
+    assert results["train_samples"] == 8 and "eval_accuracy" in results
+
+
+def test_summary_holds_the_best_row(sweep):
+    out, _, _ = sweep
+    scores = {}
+    for lr in ("1e-3", "3e-2"):
+        results = json.loads((out / "sst2" / f"lr{lr}_ep1_seed7" / "eval_results.json").read_text())
+        scores[lr] = 100 * results["eval_accuracy"]
+    # best = highest accuracy; on a tie the lower learning rate (epochs are equal here)
+    best_lr = max(scores, key=lambda lr: (scores[lr], -float(lr)))
+
+    with open(out / "summary.csv", newline="") as handle:
+        rows = {row["task"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == ["sst2", "rte", "average"]
+    assert rows["sst2"]["metric"] == "accuracy"
+    assert float(rows["sst2"]["best_dev_score"]) == pytest.approx(scores[best_lr], abs=1e-4)
+    assert (rows["sst2"]["learning_rate"], rows["sst2"]["epochs"]) == (best_lr, "1")
+    assert (rows["sst2"]["runs_ok"], rows["sst2"]["runs_failed"]) == ("2", "0")
+    assert rows["rte"]["best_dev_score"] == "failed" and rows["rte"]["runs_failed"] == "2"
+    assert float(rows["average"]["best_dev_score"]) == pytest.approx(scores[best_lr], abs=1e-4)  # rte has none
+
+    markdown = (out / "summary.md").read_text()
+    # the reference README's shape: tasks as columns, the model as the row, Avg last
+    assert "| | sst2 | rte | Avg |" in markdown
+    assert f"| student | {scores[best_lr]:.2f} | failed | {scores[best_lr]:.2f} |" in markdown
+    assert f"| sst2 | accuracy | {scores[best_lr]:.2f} | {best_lr} | 1 | 1 | 2 | 0 |" in markdown
+    assert "| **average** (over 1 of 2 tasks) |" in markdown
+    assert "Failed runs (2)" in markdown
+
+
+def test_one_heatmap_per_task(sweep):
+    import matplotlib.image
+
+    out, _, _ = sweep
+    for task in ("sst2", "rte"):
+        path = out / f"heatmap_{task}.png"
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert height > 50 and width > 50
+
+
+def test_a_stopped_sweep_resumes_and_keeps_finished_runs(sweep):
+    out, env, _ = sweep
+    before = (out / "sst2" / "lr1e-3_ep1_seed7" / "eval_results.json").read_bytes()
+    again = run_sweep({**env, "TASKS": "sst2"})
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("finished earlier, kept") == 2
+    with open(out / "summary.csv", newline="") as handle:
+        assert [row["task"] for row in csv.DictReader(handle)] == ["sst2", "average"]  # only the tasks asked for
+    assert (out / "sst2" / "lr1e-3_ep1_seed7" / "eval_results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"MODEL_DIR": "/nonexistent/student"}, "MODEL_DIR '/nonexistent/student' is not a directory"),
+        ({"TASKS": "sst2 glue_everything"}, "unknown task 'glue_everything'"),
+        ({"LEARNING_RATES": "2e-5 fast"}, "learning rate 'fast'"),
+    ],
+)
+def test_bad_settings_are_refused_in_one_line(sweep, tmp_path, overrides, fragment):
+    _, env, _ = sweep
+    result = run_sweep({**env, "OUTPUT_DIR": str(tmp_path / "out"), **overrides})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def write_record(sweep_dir: Path, task: str, lr: str, epochs: str, seed: str, accuracy: float | None) -> None:
+    """A run folder as run_eval.sh leaves it; accuracy None = a failed run (no results)."""
+    run_dir = sweep_dir / task / f"lr{lr}_ep{epochs}_seed{seed}"
+    run_dir.mkdir(parents=True)
+    status = "failed" if accuracy is None else "ok"
+    record = {"task": task, "learning_rate": lr, "epochs": epochs, "seed": seed, "status": status, "exit_code": 0}
+    (run_dir / "sweep_run.json").write_text(json.dumps(record))
+    if accuracy is not None:
+        (run_dir / "eval_results.json").write_text(json.dumps({"eval_accuracy": accuracy, "eval_loss": 0.5}))
+
+
+def test_summary_takes_the_median_over_seeds_and_breaks_ties_cheaply(tmp_path):
+    from minilmv2.sweep_summary import summarise
+
+    # cell (2e-5, 3): seeds 0.80, 0.90, 0.70 -> median 80.0; (1e-5, 3): 0.95, 0.60, None -> median of two = 77.5;
+    # (3e-5, 5): 0.78, 0.82, 0.80 -> 80.0, tied with (2e-5, 3): fewer epochs win.
+    for lr, epochs, accuracies in [
+        ("2e-5", "3", [0.80, 0.90, 0.70]),
+        ("1e-5", "3", [0.95, 0.60, None]),
+        ("3e-5", "5", [0.78, 0.82, 0.80]),
+    ]:
+        for seed, accuracy in zip(("1", "2", "3"), accuracies, strict=True):
+            write_record(tmp_path, "qnli", lr, epochs, seed, accuracy)
+    summarise(tmp_path, "student", ["qnli"])
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["best_dev_score"]) == pytest.approx(80.0)
+    assert (row["learning_rate"], row["epochs"], row["seeds"]) == ("2e-5", "3", "3")
+    assert (row["runs_ok"], row["runs_failed"]) == ("8", "1")
