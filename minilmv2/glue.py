@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -565,9 +564,3 @@ def task_summary(spec: TaskSpec) -> str:
     """One line describing a task's labels, for the script's start-up print."""
     kind = "regression" if spec.is_regression else f"{spec.num_labels} classes ({', '.join(spec.label_names)})"
     return f"task {spec.name}: {kind}, texts {[k for k in spec.text_keys if k]}, main metric {spec.main_metric}"
-
-
-def read_json_file(path: str | Path) -> dict:
-    """A small JSON file as a dict (results files, configs)."""
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)

@@ -382,3 +382,15 @@ def test_finished_run_is_refused_unless_overwriting(tiny_model, tmp_path, capsys
     second = script.main(run_args(tiny_model, "wnli", out, "--overwrite_output_dir", "--learning_rate", "5e-4"))
     assert json.loads((out / "all_results.json").read_text()) == second
     assert second["train_runtime"] != first["train_runtime"]  # a new run, not the old file
+
+
+def test_unfinished_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    script.main(run_args(tiny_model, "rte", out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1"))
+    for name in script.FINISHED_RUN_FILES:  # as if the run had been stopped before its end
+        (out / name).unlink()
+    capsys.readouterr()
+    results = script.main(run_args(tiny_model, "rte", out, "--max_steps", "3", "--save_strategy", "no"))
+    assert f"Resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert "eval_accuracy" in results
