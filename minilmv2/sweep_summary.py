@@ -177,7 +177,8 @@ def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: st
     average = average_score(bests)
     scored = [b for b in bests if b.score is not None]
     average_note = "" if len(scored) == len(bests) else f" (over {len(scored)} of {len(bests)} tasks)"
-    lines = [f"# GLUE dev results: {model_name}", ""]
+    benchmark = "GLUE dev" if any(b.task in glue.GLUE_TASKS for b in bests) else "Dev"
+    lines = [f"# {benchmark} results: {model_name}", ""]
     lines.append("| | " + " | ".join(b.task for b in bests) + " | Avg |")
     lines.append("|---" * (len(bests) + 2) + "|")
     lines.append(f"| {model_name} | " + " | ".join(_fmt(b.score) for b in bests) + f" | {_fmt(average)} |")
