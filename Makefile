@@ -21,6 +21,11 @@ $(STAMP): requirements.txt pyproject.toml
 assets: setup
 	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.assets --dest .assets
 
+# The whole mission on an embedded default (values at the top of minilmv2/quickstart.py): distil the offline
+# teacher through run.sh, score distilled / random student / teacher through run_eval.sh, print the table.
+quickstart: setup assets
+	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.quickstart --output_dir runs/quickstart
+
 test: setup assets
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
 

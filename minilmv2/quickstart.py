@@ -1,0 +1,295 @@
+"""`make quickstart`: the whole mission on a laptop-sized default, offline, in about 20 minutes on 2 CPU cores.
+
+    python -m minilmv2.quickstart [--output_dir runs/quickstart] [--assets .assets]
+
+1. distils the real pretrained teacher in `.assets/teacher` (all-MiniLM-L6-v2, a 6 x 384 BERT) into a small
+   student on the offline Wikipedia + books corpus, through `run.sh`;
+2. saves a randomly initialised student of the same shape (the "no distillation" control);
+3. fine-tunes and scores the distilled student, the random student and the teacher on two offline tasks
+   (tweet_sentiment, bbc_news), through `run_eval.sh`, all with the same fine-tuning values;
+4. prints one table and writes it as markdown and PNG.
+
+Every value it trains and scores with is in the QUICKSTART VALUES block below: the variables of run.sh and
+run_eval.sh, passed as they are. A second run reuses the stages that finished with the same values (so an
+interrupted quickstart resumes); change a value and the quickstart starts over. The exit status is 1 when the
+distilled student does not beat the random one on every task, since showing that is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from minilmv2.errors import UsageError, exit_on_usage_error
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------------
+# QUICKSTART VALUES: everything `make quickstart` trains and scores with. Edit here.
+
+# run.sh variables. A 4 x 256 student (4 heads, FFN 1024; 11.2M parameters, half of them the embeddings)
+# distilled from the teacher's last layer (L=6) with 32 relation heads (32 divides both 384 and 256).
+# Packed 128-token sequences, bf16 autocast on the CPU (AMX), the paper's optimizer settings otherwise.
+DISTILLATION = {
+    "STUDENT_HIDDEN_SIZE": "256",
+    "STUDENT_NUM_LAYERS": "4",
+    "STUDENT_ATTENTION_HEADS": "4",
+    "L": "6",
+    "NUM_RELATION_HEADS": "32",
+    "BATCH_SIZE": "32",
+    "MAX_SEQ_LEN": "128",
+    "LR": "6e-4",
+    "MAX_STEPS": "400",
+    "WARMUP_STEPS": "40",
+    "LOGGING_STEPS": "25",
+    "SAVE_STEPS": "100000",  # no intermediate checkpoint: the run is short
+    "SEED": "42",
+    "PRECISION": "bf16",
+    "REPORT_TO": "none",
+    "NPROC": "1",
+    "EXTRA_ARGS": "--use_cpu true",
+}
+# run_eval.sh variables: one fine-tuning cell per task, identical for the three models.
+EVALUATION = {
+    "TASKS": "tweet_sentiment bbc_news",
+    "LEARNING_RATES": "1e-4",
+    "EPOCHS": "2",
+    "SEEDS": "42",
+    "EXTRA_ARGS": "--max_train_samples 1000 --max_eval_samples 1000 --bf16 true --use_cpu true",
+}
+RANDOM_STUDENT_SEED = 42
+# ---------------------------------------------------------------------------------------------------------
+
+MODELS = ("distilled student", "random student", "teacher")
+VALUES_FILE = "quickstart_values.json"
+
+
+def run_stage(title: str, command: list[str], env_values: dict[str, str], log: list[str]) -> float:
+    """Run one script with its variables in the environment, its output streaming to ours; seconds taken."""
+    print(f"\n=== {title} ===", flush=True)
+    print(" ".join(f"{key}={value!r}" for key, value in env_values.items()), " ".join(command), flush=True)
+    start = time.perf_counter()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_values}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"quickstart: {title} failed (exit {result.returncode}); its output is above")
+    log.append(f"{title}: {seconds / 60:.1f} min")
+    return seconds
+
+
+def save_random_student(distilled_dir: Path, out_dir: Path) -> None:
+    """A student with the distilled one's exact config and tokenizer, but freshly initialised weights."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from minilmv2 import build_student
+
+    torch.manual_seed(RANDOM_STUDENT_SEED)
+    student = build_student(AutoConfig.from_pretrained(distilled_dir))
+    student.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(distilled_dir).save_pretrained(out_dir)
+
+
+def read_scores(eval_dir: Path) -> dict[str, float]:
+    """{task: dev score x 100} from run_eval.sh's summary.csv."""
+    with (eval_dir / "summary.csv").open(newline="") as handle:
+        return {row["task"]: float(row["best_dev_score"]) for row in csv.DictReader(handle) if row["metric"]}
+
+
+def majority_class_scores(tasks: list[str], tasks_dir: Path) -> dict[str, float]:
+    """Accuracy x 100 of always predicting the training subset's most frequent label (a floor for the table)."""
+    from minilmv2 import glue
+
+    extra = EVALUATION["EXTRA_ARGS"].split()
+    limits = {flag: int(extra[extra.index(flag) + 1]) for flag in ("--max_train_samples", "--max_eval_samples")}
+    scores = {}
+    for task in tasks:
+        splits = glue.load_offline_task(glue.get_task(task), tasks_dir)
+        train_labels = splits["train"]["label"][: limits["--max_train_samples"]]
+        dev_labels = splits["validation"]["label"][: limits["--max_eval_samples"]]
+        majority = Counter(train_labels).most_common(1)[0][0]
+        scores[task] = 100.0 * sum(label == majority for label in dev_labels) / len(dev_labels)
+    return scores
+
+
+def count_parameters(model_dir: Path) -> float:
+    """Millions of parameters of a saved model, read from its safetensors header (no weights loaded)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(model_dir / "model.safetensors", framework="pt") as weights:
+        total = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
+    return total / 1e6
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_table(
+    scores: dict[str, dict[str, float]],
+    floor: dict[str, float],
+    parameters: dict[str, float],
+    tasks: list[str],
+    timings: list[str],
+    out_dir: Path,
+) -> tuple[Path, Path]:
+    """quickstart_results.md (table + values + machine) and quickstart_results.png (grouped bars)."""
+    header = "| model | parameters | " + " | ".join(tasks) + " | avg |"
+    lines = [header, "|" + "---|" * (len(tasks) + 3)]
+    for model in MODELS:
+        row = [scores[model][task] for task in tasks]
+        cells = " | ".join(f"{value:.2f}" for value in row)
+        lines.append(f"| {model} | {parameters[model]:.1f}M | {cells} | {sum(row) / len(row):.2f} |")
+    floor_cells = " | ".join(f"{floor[task]:.2f}" for task in tasks)
+    lines.append(f"| majority class | - | {floor_cells} | {sum(floor.values()) / len(floor):.2f} |")
+    table = "\n".join(lines)
+    markdown = "\n".join(
+        [
+            "# MiniLMv2 quickstart",
+            "",
+            "Dev accuracy x 100 after the same fine-tuning of each model (run_eval.sh values below).",
+            "",
+            table,
+            "",
+            f"Command: `make quickstart`. Machine: {machine_description()}.",
+            "",
+            "Time: " + "; ".join(timings) + ".",
+            "",
+            "run.sh values: " + ", ".join(f"{k}={v}" for k, v in DISTILLATION.items()),
+            "",
+            "run_eval.sh values: " + ", ".join(f"{k}={v}" for k, v in EVALUATION.items()),
+            "",
+        ]
+    )
+    markdown_path = out_dir / "quickstart_results.md"
+    markdown_path.write_text(markdown)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.2))
+    width = 0.8 / len(MODELS)
+    for index, model in enumerate(MODELS):
+        positions = [task_index + (index - (len(MODELS) - 1) / 2) * width for task_index in range(len(tasks))]
+        bars = axes.bar(positions, [scores[model][task] for task in tasks], width, label=model)
+        axes.bar_label(bars, fmt="%.1f", fontsize=8)
+    for task_index, task in enumerate(tasks):
+        axes.hlines(floor[task], task_index - 0.45, task_index + 0.45, colors="grey", linestyles="dashed")
+    axes.set_xticks(range(len(tasks)), tasks)
+    axes.set_ylabel("dev accuracy x 100 (dashed: majority class)")
+    axes.set_ylim(0, 105)
+    axes.set_title("MiniLMv2 quickstart: distilled vs random student vs teacher")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    png_path = out_dir / "quickstart_results.png"
+    figure.savefig(png_path, dpi=120)
+    plt.close(figure)
+    print("\n" + table)
+    return markdown_path, png_path
+
+
+def check_assets(assets: Path) -> dict[str, Path]:
+    parts = {part: assets / part for part in ("teacher", "corpus", "tasks")}
+    missing = [part for part, path in parts.items() if not (path / "SOURCE.json").is_file()]
+    if missing:
+        raise UsageError(
+            f"--assets {str(assets)!r} lacks {', '.join(missing)}; run `make assets` "
+            f"(or python -m minilmv2.assets --dest {assets})"
+        )
+    return parts
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Keep finished stages when the values are unchanged; start over when they changed."""
+    values = {"distillation": DISTILLATION, "evaluation": EVALUATION, "random_seed": RANDOM_STUDENT_SEED}
+    recorded = out_dir / VALUES_FILE
+    if out_dir.exists() and (not recorded.is_file() or json.loads(recorded.read_text()) != values):
+        print(f"quickstart values changed since the last run: starting over in {out_dir}")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(values, indent=2) + "\n")
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", type=Path, default=Path("runs/quickstart"))
+    parser.add_argument("--assets", type=Path, default=Path(os.environ.get("MINILMV2_ASSETS", ".assets")))
+    args = parser.parse_args(argv)
+    parts = check_assets(args.assets.resolve())
+    out_dir = args.output_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--output_dir {str(out_dir)!r} is a file; expected a folder")
+    prepare_output_dir(out_dir)
+    started = time.perf_counter()
+    timings: list[str] = []
+
+    distill_dir = out_dir / "distill"
+    distilled = distill_dir / "student"
+    if (distilled / "model.safetensors").is_file():
+        print(f"distilled student found at {distilled}: reusing it")
+    else:
+        shutil.rmtree(distill_dir, ignore_errors=True)  # an interrupted run: redo it from the start
+        corpus = parts["corpus"]
+        paths = {
+            "TEACHER_DIR": str(parts["teacher"]),
+            "TRAIN_CONFIG": str(corpus / "train_config.json"),
+            "VAL_CONFIG": str(corpus / "val_config.json"),
+            "EVAL_STEPS": DISTILLATION["MAX_STEPS"],  # one held-out loss, at the end
+            "OUTPUT_DIR": str(distill_dir),
+        }
+        run_stage("distillation (run.sh)", ["bash", "run.sh"], {**DISTILLATION, **paths}, timings)
+
+    random_student = out_dir / "random_student"
+    if not (random_student / "model.safetensors").is_file():
+        save_random_student(distilled, random_student)
+    model_dirs = {"distilled student": distilled, "random student": random_student, "teacher": parts["teacher"]}
+
+    scores = {}
+    for model, model_dir in model_dirs.items():
+        eval_dir = out_dir / "eval" / model.replace(" ", "_")
+        env = {**EVALUATION, "MODEL_DIR": str(model_dir), "OUTPUT_DIR": str(eval_dir)}
+        env["OFFLINE_DATA_DIR"] = str(parts["tasks"])
+        run_stage(f"fine-tune and score the {model} (run_eval.sh)", ["bash", "run_eval.sh"], env, timings)
+        scores[model] = read_scores(eval_dir)
+    tasks = EVALUATION["TASKS"].split()
+    floor = majority_class_scores(tasks, parts["tasks"])
+    parameters = {model: count_parameters(model_dir) for model, model_dir in model_dirs.items()}
+    timings.append(f"total {(time.perf_counter() - started) / 60:.1f} min")
+    markdown_path, png_path = write_table(scores, floor, parameters, tasks, timings, out_dir)
+
+    print("\n" + "; ".join(timings))
+    print(f"table: {markdown_path}\nchart: {png_path}\nruns:  {out_dir}")
+    losing = [task for task in tasks if scores["distilled student"][task] <= scores["random student"][task]]
+    if losing:
+        print(f"quickstart: the distilled student does NOT beat the random one on {', '.join(losing)}")
+        sys.exit(1)
+    print("distillation works: the distilled student beats the random student on " + " and ".join(tasks))
+
+
+if __name__ == "__main__":
+    main()

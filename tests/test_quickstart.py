@@ -1,0 +1,79 @@
+"""The quickstart driver's own pieces (the full `make quickstart` run takes ~20 minutes and is not a test).
+
+Real tiny models saved to disk, the real teacher's tokenizer, the real table/PNG writer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer, BertConfig
+
+from minilmv2 import build_student, quickstart
+
+
+@pytest.fixture
+def tiny_student_dir(tmp_path, teacher_dir):
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    student = build_student(config)
+    student.save_pretrained(tmp_path / "distilled")
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(tmp_path / "distilled")
+    return tmp_path / "distilled", student
+
+
+def test_random_student_has_the_shape_but_not_the_weights(tiny_student_dir, tmp_path):
+    distilled_dir, distilled = tiny_student_dir
+    quickstart.save_random_student(distilled_dir, tmp_path / "random")
+    random_student = AutoModel.from_pretrained(tmp_path / "random")
+    assert random_student.config.to_diff_dict() == distilled.config.to_diff_dict()
+    distilled_weights, random_weights = distilled.state_dict(), random_student.state_dict()
+    assert distilled_weights.keys() == random_weights.keys()
+    assert not torch.equal(
+        distilled_weights["encoder.layer.0.attention.self.query.weight"],
+        random_weights["encoder.layer.0.attention.self.query.weight"],
+    )
+    assert AutoTokenizer.from_pretrained(tmp_path / "random")("a whale")["input_ids"][0] == 101  # [CLS]
+    assert quickstart.count_parameters(tmp_path / "random") == pytest.approx(random_student.num_parameters() / 1e6)
+
+
+def test_table_and_chart(tmp_path):
+    tasks = ["tweet_sentiment", "bbc_news"]
+    scores = {
+        "distilled student": {"tweet_sentiment": 55.0, "bbc_news": 80.0},
+        "random student": {"tweet_sentiment": 45.0, "bbc_news": 50.0},
+        "teacher": {"tweet_sentiment": 70.0, "bbc_news": 96.0},
+    }
+    parameters = {"distilled student": 11.2, "random student": 11.2, "teacher": 22.7}
+    floor = {"tweet_sentiment": 42.4, "bbc_news": 22.9}
+    markdown, png = quickstart.write_table(scores, floor, parameters, tasks, ["total 1.0 min"], tmp_path)
+    text = markdown.read_text()
+    assert "| model | parameters | tweet_sentiment | bbc_news | avg |" in text
+    assert "| distilled student | 11.2M | 55.00 | 80.00 | 67.50 |" in text
+    assert "| majority class | - | 42.40 | 22.90 | 32.65 |" in text
+    assert "Command: `make quickstart`" in text and "MAX_STEPS=" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_changed_values_start_over_and_same_values_keep(tmp_path, monkeypatch):
+    out = tmp_path / "quickstart"
+    quickstart.prepare_output_dir(out)
+    (out / "distill").mkdir()
+    quickstart.prepare_output_dir(out)
+    assert (out / "distill").is_dir(), "unchanged values must keep finished stages"
+    monkeypatch.setitem(quickstart.DISTILLATION, "MAX_STEPS", "7")
+    quickstart.prepare_output_dir(out)
+    assert not (out / "distill").exists()
+    assert json.loads((out / quickstart.VALUES_FILE).read_text())["distillation"]["MAX_STEPS"] == "7"
+
+
+def test_missing_assets_are_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--assets", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --assets") and "teacher, corpus, tasks" in error and "make assets" in error
+    assert not (tmp_path / "out").exists()
