@@ -59,7 +59,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def data_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="data_params", add_help=False)
+    parser = OneLineParser(prog="data_params", add_help=False, allow_abbrev=False)
     parser.add_argument("--train_config", required=True, help='JSON: {"urls": [...], "format": ..., "columns": ...}')
     parser.add_argument("--val_config", help="the same for held-out text: its distillation loss at eval steps")
     parser.add_argument("--max_seq_len", type=int, default=512, help="tokens per sequence")
@@ -73,7 +73,7 @@ def data_parser() -> argparse.ArgumentParser:
 
 
 def model_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="model_params", add_help=False)
+    parser = OneLineParser(prog="model_params", add_help=False, allow_abbrev=False)
     parser.add_argument("--input_model_dir", required=True, help="teacher: a folder with config.json and weights")
     parser.add_argument("--tokenizer_dir", help="tokenizer folder (default: --input_model_dir)")
     parser.add_argument("--checkpoint_dir", help="a checkpoint to resume from (same as --resume_from_checkpoint)")
@@ -129,7 +129,8 @@ def parse_training_args(argv: list[str]):
     import torch
     from transformers import HfArgumentParser, TrainingArguments
 
-    parser = HfArgumentParser((TrainingArguments, RunOptions))
+    # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
+    parser = HfArgumentParser((TrainingArguments, RunOptions), allow_abbrev=False)
     accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
     if not accelerator and "--use_cpu" not in argv:
         # On a CPU-only machine transformers 5 wants use_cpu for --bf16 and, without it, sets up no DDP (each
@@ -467,10 +468,14 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     except NonFiniteLossError as err:
         good = last_complete_checkpoint(output_dir)
-        print0(
-            f"error: {err}; stopped before applying it. Last good checkpoint: {good or 'none (no checkpoint yet)'}. "
-            "Lower --learning_rate or use --bf16 instead of --fp16, then resume from it."
-        )
+        if env_rank() == 0:
+            print(
+                f"error: {err}; stopped before applying it. Last good checkpoint: "
+                f"{good or 'none (no checkpoint yet)'}. Lower --learning_rate or use --bf16 instead of --fp16, "
+                "then resume from it.",
+                file=sys.stderr,
+                flush=True,
+            )
         return 1
     elapsed = time.perf_counter() - started
     tokens = trainer.state.num_input_tokens_seen - tokens_before

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from minilmv2.errors import UsageError
 
@@ -121,12 +121,6 @@ class StopSignal:
         )
 
 
-class MemoryLogCallback(TrainerCallback):
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs:
-            logs["rss_mb"] = round(resident_memory_mb(), 1)
-
-
 class DistillationTrainer(Trainer):
     """HF Trainer for a `MiniLM` distiller fed by a rank-aware `TokenStream` (see module docstring)."""
 
@@ -134,7 +128,11 @@ class DistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.stop_signal = stop_signal or StopSignal()
         self.stopped_by_signal: int | None = None
-        self.add_callback(MemoryLogCallback())
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:
+            logs["rss_mb"] = round(resident_memory_mb(), 1)  # this process's resident memory: growth shows here
+        super().log(logs, *args, **kwargs)
 
     # -- data --
 
@@ -148,6 +146,22 @@ class DistillationTrainer(Trainer):
             num_workers=0,
             pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
         )
+
+    # -- exact resume --
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        # The Trainer restores the RNG before it creates the loader's iterator, and creating it draws a seed
+        # from the torch RNG, so the first dropout masks after a resume would differ from the uninterrupted
+        # run's. Restore it after the first batches are fetched instead (as the Trainer itself does when it
+        # skips batches): the RNG then stands exactly where the interrupted run left it.
+        self._rng_checkpoint = checkpoint
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        checkpoint, self._rng_checkpoint = getattr(self, "_rng_checkpoint", None), None
+        if checkpoint is not None:
+            super()._load_rng_state(checkpoint)
+        return batches
 
     # -- faults --
 

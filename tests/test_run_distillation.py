@@ -25,6 +25,15 @@ from minilmv2.training import COMPLETE_MARKER, parameters_sha256
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread, and it keeps them clear of other work on a small machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def setup(corpus_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
@@ -141,7 +150,7 @@ def test_reference_run_sh_argument_set_is_accepted(corpus_dir, tmp_path, capsys,
 
 
 def run_script(env_overrides: dict, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable, **env_overrides}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, **env_overrides}
     return subprocess.run(
         ["bash", str(REPO_ROOT / "run.sh")], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
     )

@@ -1,0 +1,351 @@
+"""Reliability of distillation: bad input refused up front, faults lose nothing, resume is exact.
+
+Every case runs the real entry point (in-process, or as a subprocess where a signal must be delivered) on a
+tiny local BERT teacher and real text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpus_config, write_tiny_teacher
+from safetensors.torch import load_file
+
+from minilmv2.run_distillation import main
+from minilmv2.training import (
+    COMPLETE_MARKER,
+    export_student,
+    last_complete_checkpoint,
+    parameters_sha256,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread, and it keeps them clear of other work on a small machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def setup(corpus_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    teacher = write_tiny_teacher(root / "teacher")
+    shards = [
+        first_lines(corpus_dir / "wiki-02.txt", root / "wiki.txt", 120),
+        first_lines(corpus_dir / "books-02.txt", root / "books.txt", 120),
+    ]
+    train = write_corpus_config(root / "train.json", shards)
+    return {"root": root, "teacher": teacher, "train": train, "shards": shards}
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+# ---- bad input: exit 2, one plain line naming the value, nothing written ----
+
+
+def edit(argv: list[str], option: str, value: str | None) -> list[str]:
+    """argv with `option`'s value replaced (or the option and its value removed when value is None)."""
+    index = argv.index(option)
+    return argv[:index] + argv[index + 2 :] if value is None else argv[: index + 1] + [value] + argv[index + 2 :]
+
+
+def with_training_options(argv: list[str], *options: str) -> list[str]:
+    model = argv.index("model_params")
+    return argv[:model] + list(options) + argv[model:]
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    return path
+
+
+def teacher_without_config(argv, tmp):
+    (tmp / "empty_teacher").mkdir()
+    return edit(argv, "--input_model_dir", str(tmp / "empty_teacher"))
+
+
+def corpus_config(argv, tmp, urls):
+    return edit(argv, "--train_config", str(write(tmp / "corpus.json", json.dumps({"urls": urls}))))
+
+
+def finished_run_in_output_dir(argv, tmp):
+    write(tmp / "out" / "trainer_state.json", "{}")
+    (tmp / "out" / "student").mkdir()
+    return argv
+
+
+def checkpoints_in_output_dir(argv, tmp):
+    (tmp / "out" / "checkpoint-5").mkdir(parents=True)
+    return argv
+
+
+def unknown_training_option(argv, tmp):
+    return with_training_options(argv, "--learning_rat", "1")
+
+
+BAD_INPUTS = {
+    # name: (how to break the good command line, what the one-line message must say)
+    "relation heads not dividing the student hidden size": (
+        lambda a, t: edit(a, "--num_relation_heads", "3"), "--num_relation_heads 3 does not divide"),
+    "relation heads not dividing the teacher hidden size": (
+        lambda a, t: edit(edit(a, "--num_relation_heads", "48"), "--student_hidden_size", "48"),
+        "--num_relation_heads 48 does not divide the teacher hidden size 64"),
+    "teacher layer 0": (lambda a, t: edit(a, "--L", "0"), "--L 0 is not a teacher layer; the teacher has layers 1..2"),
+    "teacher layer beyond the teacher": (lambda a, t: edit(a, "--L", "3"), "--L 3 is not a teacher layer"),
+    "student heads not dividing the student hidden size": (
+        lambda a, t: edit(a, "--student_attention_heads", "3"), "--student_attention_heads 3 does not divide"),
+    "student without layers": (lambda a, t: edit(a, "--student_num_layers", "0"), "--student_num_layers must be"),
+    "missing teacher directory": (
+        lambda a, t: edit(a, "--input_model_dir", str(t / "nowhere")), "nowhere does not exist"),
+    "teacher directory without a config": (teacher_without_config, "has no config.json"),
+    "missing train config": (lambda a, t: edit(a, "--train_config", str(t / "none.json")), "none.json does not exist"),
+    "train config that is a folder": (lambda a, t: edit(a, "--train_config", str(t)), "is a folder"),
+    "unreadable (binary) train config": (
+        lambda a, t: edit(a, "--train_config", str(write(t / "bin.json", b"\xff\xfe\x00{"))), "is not UTF-8 text"),
+    "invalid JSON train config": (
+        lambda a, t: edit(a, "--train_config", str(write(t / "bad.json", '{"urls": ['))), "is not valid JSON"),
+    "corpus file that does not exist": (
+        lambda a, t: corpus_config(a, t, [str(t / "gone.txt")]), "gone.txt does not exist"),
+    "empty corpus": (lambda a, t: corpus_config(a, t, [str(write(t / "e.txt", "\n \n"))]), "the corpus is empty"),
+    "relation id outside 1-3": (
+        lambda a, t: a + ["--minilm_relations", "{(1, 4): 1}"], "relation pair (1, 4) is invalid"),
+    "relations that are not a mapping": (
+        lambda a, t: a + ["--minilm_relations", "[(1, 1), (2, 2)]"], "relations must be a mapping"),
+    "relations that are not a literal": (
+        lambda a, t: a + ["--minilm_relations", "{(1, 1): one}"], "is not a literal like"),
+    "negative relation weight": (lambda a, t: a + ["--minilm_relations", "{(1, 1): -1}"], "non-negative"),
+    "v1 with a different head count": (lambda a, t: a + ["--minilm_v1"], "--minilm_v1 needs as many student"),
+    "sequence longer than the teacher's positions": (
+        lambda a, t: edit(a, "--max_seq_len", "4096"), "--max_seq_len 4096 must be in 3..128"),
+    "no --max_steps for a stream": (lambda a, t: edit(a, "--max_steps", None), "--max_steps must be a positive"),
+    "unknown training option": (unknown_training_option, "['--learning_rat', '1'] are not TrainingArguments options"),
+    "misspelt model option": (lambda a, t: a + ["--student_layers", "2"], "unrecognized arguments: --student_layers"),
+    "missing argument group": (lambda a, t: a[a.index("training_params"):], "missing argument group(s) data_params"),
+    "resume from a checkpoint that does not exist": (
+        lambda a, t: a + ["--checkpoint_dir", str(t / "no-checkpoint")], "no-checkpoint does not exist"),
+    "output directory holding a finished run": (
+        finished_run_in_output_dir, "already holds a finished run; pass --overwrite_output_dir"),
+    "output directory holding another run's checkpoints": (
+        checkpoints_in_output_dir, "holds checkpoints of an earlier run; pass --resume_from_checkpoint latest"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_in_one_line_before_anything_is_written(setup, tmp_path, capsys, case):
+    break_argv, expected = BAD_INPUTS[case]
+    out = tmp_path / "out"
+    argv = break_argv(distill_argv(setup["teacher"], setup["train"], out), tmp_path)
+    existed_before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    status, stdout, stderr = run_main(argv, capsys)
+    assert status == 2
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert expected in stderr, stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == existed_before  # nothing written
+
+
+def test_overwrite_output_dir_replaces_a_finished_run(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = distill_argv(setup["teacher"], setup["train"], out, max_steps=1)
+    assert run_main(argv, capsys)[0] == 0
+    status, _, stderr = run_main(argv, capsys)
+    assert status == 2 and "already holds a finished run" in stderr
+    assert run_main(with_training_options(argv, "--overwrite_output_dir"), capsys)[0] == 0
+
+
+# ---- faults ----
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    # An absurd learning rate: step 1 is fine, its update overflows the student, step 2's loss is NaN.
+    argv = distill_argv(setup["teacher"], setup["train"], out, max_steps=5)
+    argv = edit(edit(argv, "--learning_rate", "1e30"), "--save_steps", "1")
+    status, _, stderr = run_main(argv, capsys)
+    assert status == 1
+    (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "the distillation loss became nan at step 2" in message
+    assert f"Last good checkpoint: {out / 'checkpoint-1'}." in message and "Traceback" not in stderr
+    assert last_complete_checkpoint(out) == out / "checkpoint-1" and not (out / "checkpoint-2").exists()
+    weights = load_file(out / "checkpoint-1" / "student" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (out / "student").exists()  # no export of a broken student
+
+
+def start_run(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "minilmv2.run_distillation", *argv]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_a_checkpoint_and_the_student_and_resume_goes_on(setup, tmp_path, capsys, signum):
+    out = tmp_path / "out"
+    argv = distill_argv(setup["teacher"], setup["train"], out, max_steps=100_000)
+    process = start_run(argv)
+    logged_steps, output = 0, []
+    deadline = time.monotonic() + 240
+    while logged_steps < 2 and time.monotonic() < deadline:  # let it train a few steps first
+        line = process.stdout.readline()
+        output.append(line)
+        logged_steps += "'loss':" in line
+        assert line or process.poll() is None, "".join(output)
+    process.send_signal(signum)
+    rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, "".join(output) + rest
+
+    checkpoint = last_complete_checkpoint(out)
+    step = int(checkpoint.name.split("-")[1])
+    assert step >= 2 and f"stopped by signal {int(signum)} at step {step}" in rest
+    assert parameters_sha256(_load_student(out / "student")) == parameters_sha256(_load_student(checkpoint / "student"))
+    # Resuming continues from that step to the end.
+    resumed = edit(argv, "--max_steps", str(step + 2)) + ["--checkpoint_dir", str(checkpoint)]
+    assert run_main(resumed, capsys)[0] == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == step + 2
+    assert [e["step"] for e in state["log_history"] if "loss" in e][-2:] == [step + 1, step + 2]
+
+
+def _load_student(path: Path):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+    """A 6-step run with checkpoints at 3 and 6 (dropout on, shuffle buffer on, gradient accumulation 2)."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    argv = distill_argv(setup["teacher"], setup["train"], out, max_steps=6,
+                        training=("--save_steps", "3", "--gradient_accumulation_steps", "2"))  # fmt: skip
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_resume_from_step_k_ends_with_the_same_student_and_the_same_data(uninterrupted, tmp_path, capsys):
+    reference, argv = uninterrupted
+    out = tmp_path / "out"
+    shutil.copytree(reference / "checkpoint-3", out / "checkpoint-3")  # a run preempted after step 3
+    resume = with_training_options(edit(argv, "--output_dir", str(out)), "--resume_from_checkpoint", "latest")
+    status, stdout, stderr = run_main(resume, capsys)
+    assert status == 0 and "nothing is re-read or re-tokenised" in stdout, stderr
+
+    final, expected = (
+        load_file(out / "student" / "model.safetensors"),
+        load_file(reference / "student" / "model.safetensors"),
+    )
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)  # bitwise
+
+    # Same data: the same per-step losses and, at step 6, the same stream position on every rank.
+    def losses(run):
+        history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+        return {e["step"]: e["loss"] for e in history if "loss" in e}
+
+    assert [losses(out)[s] for s in (4, 5, 6)] == [losses(reference)[s] for s in (4, 5, 6)]
+    resumed_state = json.loads((out / "checkpoint-6" / "data_state" / "rank-0.json").read_text())
+    reference_state = json.loads((reference / "checkpoint-6" / "data_state" / "rank-0.json").read_text())
+    assert resumed_state == reference_state
+
+
+CORRUPTIONS = {
+    "truncated student weights": (
+        lambda c: _truncate(c / "student" / "model.safetensors"), "model.safetensors is truncated"),
+    "missing completion marker": (lambda c: (c / COMPLETE_MARKER).unlink(), "is incomplete (no checkpoint_complete"),
+    "truncated optimizer": (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt is truncated"),
+    "damaged optimizer": (lambda c: _flip_middle_byte(c / "optimizer.pt"), "optimizer.pt is"),
+    "garbled trainer state": (lambda c: (c / "trainer_state.json").write_text("{oops"), "trainer_state.json cannot"),
+    "missing scheduler": (lambda c: (c / "scheduler.pt").unlink(), "scheduler.pt is missing"),
+    "missing stream position": (
+        lambda c: (c / "data_state" / "rank-0.json").unlink(), "data_state/rank-0.json is missing"),
+}  # fmt: skip
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_corrupt_checkpoint_is_reported_plainly(uninterrupted, tmp_path, capsys, case):
+    reference, argv = uninterrupted
+    damage, expected = CORRUPTIONS[case]
+    out = tmp_path / "out"
+    checkpoint = shutil.copytree(reference / "checkpoint-3", out / "checkpoint-3")
+    damage(checkpoint)
+    status, _, stderr = run_main(edit(argv, "--output_dir", str(out)) + ["--checkpoint_dir", str(checkpoint)], capsys)
+    assert status == 2 and stderr.count("\n") == 1 and expected in stderr, stderr
+    assert "resume from an earlier checkpoint" in stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3"]  # nothing written
+
+
+def test_latest_skips_a_checkpoint_whose_save_did_not_finish(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    for step in (3, 6):
+        shutil.copytree(reference / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    (tmp_path / "checkpoint-6" / COMPLETE_MARKER).unlink()
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
+
+
+def test_student_export_is_atomic(uninterrupted, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    reference, _ = uninterrupted
+    student = AutoModel.from_pretrained(reference / "student")
+    tokenizer = AutoTokenizer.from_pretrained(reference / "student")
+    target = export_student(student, tokenizer, tmp_path / "student")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    with torch.no_grad():
+        student.embeddings.word_embeddings.weight.add_(1.0)
+    with pytest.raises(AttributeError):  # the export fails half-way (the tokenizer cannot be saved)
+        export_student(student, None, target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no partial folder left behind
+    export_student(student, tokenizer, target)  # a complete export replaces the previous one whole
+    assert torch.equal(
+        _load_student(target).embeddings.word_embeddings.weight, student.embeddings.word_embeddings.weight
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+# ---- memory: a long streaming run does not grow ----
+
+
+def test_long_streaming_run_shows_no_memory_growth(setup, tmp_path, capsys):
+    """2,000 steps over an 8-line corpus (many passes, a checkpoint every 500): resident memory stays flat."""
+    tiny = write_corpus_config(tmp_path / "tiny.json", [first_lines(setup["shards"][0], tmp_path / "t.txt", 8)])
+    options = ("--logging_steps", "100", "--save_steps", "500", "--per_device_train_batch_size", "2")
+    argv = distill_argv(setup["teacher"], tiny, tmp_path / "out", max_steps=2000, training=options)
+    argv = edit(argv, "--max_seq_len", "16")
+    assert run_main(argv, capsys)[0] == 0
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    rss = {e["step"]: e["rss_mb"] for e in history if "rss_mb" in e}
+    assert sorted(rss) == list(range(100, 2001, 100))
+    settled = rss[600]  # after the first checkpoint and several passes, allocator pools have reached their size
+    growth = max(rss[s] for s in rss if s > 600) - settled
+    assert growth < 8, rss
+    state = json.loads((tmp_path / "out" / "checkpoint-2000" / "data_state" / "rank-0.json").read_text())["stream"]
+    assert state["epoch"] >= 20  # the stream really went round its corpus many times
