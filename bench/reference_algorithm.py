@@ -31,11 +31,19 @@ def relation_log_probs(left: torch.Tensor, right: torch.Tensor, additive_mask: t
 class ReferenceMiniLM(nn.Module):
     """Same call signature and loss as `minilmv2.MiniLM`, computed the first public reimplementation's way."""
 
-    def __init__(self, teacher, student, L, M, relations, A_r):
+    def __init__(self, teacher, student, L=None, M=None, relations=None, A_r=48, **unused):
         super().__init__()
         self.teacher, self.student = teacher, student
-        self.L, self.M, self.relations, self.A_r = L, M, relations, A_r
+        self.L = L or teacher.config.num_hidden_layers
+        self.M = M or student.config.num_hidden_layers
+        self.relations, self.A_r = relations or {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}, A_r
         self.teacher.requires_grad_(False)
+        for model in (teacher, student):  # attention maps exist only with eager attention in transformers 5
+            model.set_attn_implementation("eager")
+
+    def cast_teacher(self, dtype):
+        """The reference keeps its teacher in fp32 and lets autocast cast the weights every step."""
+        return self
 
     def train(self, mode: bool = True):
         super().train(mode)
