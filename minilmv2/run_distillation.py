@@ -497,8 +497,9 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         print(f"log:        {output_dir / 'trainer_state.json'}")
         if any(Path(output_dir).glob("checkpoint-*")):
             print(f"checkpoints: {output_dir}/checkpoint-*")
-        if args.report_to and args.report_to != ["none"] and "tensorboard" in args.report_to:
-            print(f"tensorboard: {args.logging_dir}")
+        for callback in trainer.callback_handler.callbacks:
+            if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None):
+                print(f"tensorboard: {callback.logging_dir}")
     return 0
 
 

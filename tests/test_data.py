@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pandas
 import pytest
 import torch
 from fixtures.distill.tiny_teacher import first_lines, tiny_tokenizer, write_corpus_config
@@ -88,6 +89,15 @@ def test_bad_configs_are_refused_with_the_value_named(tmp_path, content, message
     assert "--train_config" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_hub_dataset_config_is_split_by_node_not_by_file(tmp_path):
+    path = tmp_path / "hub.json"
+    path.write_text(json.dumps({"hub": "wikimedia/wikipedia", "name": "20231101.en", "columns": "title,text"}))
+    config = load_corpus_config(path)
+    assert (config.hub, config.hub_name, config.hub_split, config.columns) == (
+        "wikimedia/wikipedia", "20231101.en", "train", ("title", "text"))  # fmt: skip
+    assert [(u.mode, u.piece, u.pieces) for u in rank_units(config, 3, 8)] == [("hub", 3, 8)]
+
+
 def test_missing_config_file_is_refused(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         load_corpus_config(tmp_path / "nope.json", "--val_config")
@@ -137,7 +147,7 @@ def test_compressed_files_go_whole_to_ranks_or_interleave_by_row(shards, tmp_pat
     assert not set(rank_docs[0]) & set(rank_docs[1]) - {d for d, n in all_lines(shards[:1]).items() if n > 1}
 
 
-def test_jsonl_and_csv_join_their_columns_with_a_newline(shards, tmp_path):
+def test_jsonl_csv_and_parquet_join_their_columns_with_a_newline(shards, tmp_path):
     lines = [line for line in shards[1].read_text().splitlines() if line.strip()][:20]
     records = [{"title": f"part {i}", "body": line, "other": i} for i, line in enumerate(lines)]
     jsonl = tmp_path / "docs.jsonl"
@@ -147,8 +157,10 @@ def test_jsonl_and_csv_join_their_columns_with_a_newline(shards, tmp_path):
         writer = csv.DictWriter(handle, fieldnames=["title", "body", "other"])
         writer.writeheader()
         writer.writerows(records)
+    parquet = tmp_path / "docs.parquet"
+    pandas.DataFrame(records).to_parquet(parquet)
     expected = [f"part {i}\n{line}" for i, line in enumerate(lines)]
-    for path, fmt in ((jsonl, "jsonl"), (table, "csv")):
+    for path, fmt in ((jsonl, "jsonl"), (table, "csv"), (parquet, "parquet")):
         config = load_corpus_config(write_corpus_config(tmp_path / f"{fmt}.json", [path], fmt, "title,body"))
         assert config.columns == ("title", "body")
         assert sorted(rank_documents(config, 0, 1)) == sorted(expected)
@@ -229,9 +241,13 @@ class CountingTokenizer:
         return self.tokenizer(texts, **kwargs)
 
 
-@pytest.mark.parametrize("packing", [True, False])
-def test_state_dict_resumes_the_exact_stream_without_retokenising(shards, tmp_path, tokenizer, packing):
-    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", shards))
+@pytest.mark.parametrize("packing, compressed", [(True, False), (False, False), (True, True)])
+def test_state_dict_resumes_the_exact_stream_without_retokenising(shards, tmp_path, tokenizer, packing, compressed):
+    sources = shards
+    if compressed:  # read through `datasets`, resumed by row count (mode "rows": one file, two ranks)
+        sources = [tmp_path / "all.txt.gz"]
+        sources[0].write_bytes(gzip.compress(b"".join(p.read_bytes() for p in shards)))
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", sources))
     options = {"packing": packing, "shuffle_buffer": 16, "seed": 7, "rank": 1, "world_size": 2, "tokenize_batch": 8}
     original = TokenStream(config, CountingTokenizer(tokenizer), 40, **options)
     iterator = iter(original)

@@ -20,12 +20,14 @@ import torch
 from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpus_config, write_tiny_teacher
 from safetensors.torch import load_file
 
+from minilmv2.errors import UsageError
 from minilmv2.run_distillation import main
 from minilmv2.training import (
     COMPLETE_MARKER,
     export_student,
     last_complete_checkpoint,
     parameters_sha256,
+    validate_checkpoint,
 )
 
 
@@ -300,6 +302,13 @@ def test_corrupt_checkpoint_is_reported_plainly(uninterrupted, tmp_path, capsys,
     assert status == 2 and stderr.count("\n") == 1 and expected in stderr, stderr
     assert "resume from an earlier checkpoint" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3"]  # nothing written
+
+
+def test_resuming_with_another_number_of_processes_is_refused_unless_the_stream_restarts(uninterrupted):
+    reference, _ = uninterrupted
+    with pytest.raises(UsageError, match="written by 1 process.* this run has 2; resume with 1, or pass --ignore"):
+        validate_checkpoint(reference / "checkpoint-3", world_size=2, restore_data=True)
+    validate_checkpoint(reference / "checkpoint-3", world_size=2, restore_data=False)  # --ignore_data_skip
 
 
 def test_latest_skips_a_checkpoint_whose_save_did_not_finish(uninterrupted, tmp_path):

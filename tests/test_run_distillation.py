@@ -163,7 +163,7 @@ def test_run_sh_launches_torchrun_with_env_overrides(setup, tmp_path):
         "VAL_CONFIG": str(setup["val"]), "STUDENT_HIDDEN_SIZE": "32", "STUDENT_NUM_LAYERS": "2",
         "STUDENT_ATTENTION_HEADS": "2", "L": "2", "NUM_RELATION_HEADS": "4", "BATCH_SIZE": "2",
         "MAX_SEQ_LEN": "32", "MAX_STEPS": "2", "SAVE_STEPS": "2", "LOGGING_STEPS": "1", "WARMUP_STEPS": "0",
-        "REPORT_TO": "none", "NPROC": "1", "EXTRA_ARGS": "--disable_tqdm true",
+        "REPORT_TO": "tensorboard", "NPROC": "1", "EXTRA_ARGS": "--disable_tqdm true",
     }  # fmt: skip
     result = run_script(overrides, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -171,6 +171,8 @@ def test_run_sh_launches_torchrun_with_env_overrides(setup, tmp_path):
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("eval_loss" in e for e in state["log_history"])
     assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file()
+    (board,) = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("tensorboard: ")]
+    assert list(Path(board).glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize(

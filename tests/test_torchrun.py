@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpus_config, write_tiny_teacher
+from transformers import AutoModel, AutoTokenizer
 
 from minilmv2.data import TokenStream, load_corpus_config
 from minilmv2.training import COMPLETE_MARKER, parameters_sha256
@@ -17,7 +19,6 @@ STEPS, BATCH, SEQ_LEN, BUFFER = 6, 4, 32, 16
 
 
 def test_two_ranks_share_the_corpus_and_stay_identical(corpus_dir, tmp_path):
-    from transformers import AutoModel, AutoTokenizer
 
     teacher = write_tiny_teacher(tmp_path / "teacher")
     # One shard only: the ranks must still split it (by bytes), not both read it.
@@ -60,3 +61,34 @@ def test_two_ranks_share_the_corpus_and_stay_identical(corpus_dir, tmp_path):
     # The logged token count is the global one: both ranks' packed, unpadded batches.
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["num_input_tokens_seen"] == 2 * STEPS * BATCH * SEQ_LEN
+
+
+def test_sigterm_stops_both_ranks_at_the_same_step_with_a_complete_checkpoint(corpus_dir, tmp_path):
+    """SLURM preemption: torchrun gets SIGTERM and passes it on; the ranks agree on one step and save it."""
+    teacher = write_tiny_teacher(tmp_path / "teacher")
+    train = write_corpus_config(
+        tmp_path / "train.json", [first_lines(corpus_dir / "wiki-03.txt", tmp_path / "wiki.txt", 40)]
+    )
+    out = tmp_path / "out"
+    argv = distill_argv(teacher, train, out, max_steps=100_000)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "minilmv2.run_distillation", *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, logged = [], 0
+    while logged < 3:
+        line = launcher.stdout.readline()
+        assert line or launcher.poll() is None, "".join(lines)
+        lines.append(line)
+        logged += "'loss':" in line
+    launcher.send_signal(signal.SIGTERM)
+    rest, _ = launcher.communicate(timeout=120)
+
+    (stopped,) = [line for line in rest.splitlines() if line.startswith("stopped by signal 15 at step ")]
+    step = int(stopped.split("at step ")[1].split(";")[0])
+    checkpoint = out / f"checkpoint-{step}"
+    assert json.loads((checkpoint / COMPLETE_MARKER).read_text()) == {"global_step": step, "world_size": 2}
+    records = [json.loads((checkpoint / "data_state" / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert records[0]["global_step"] == records[1]["global_step"] == step
+    assert records[0]["student_sha256"] == records[1]["student_sha256"]
+    assert parameters_sha256(AutoModel.from_pretrained(out / "student")) == records[0]["student_sha256"]
