@@ -131,6 +131,11 @@ def parse_training_args(argv: list[str]):
 
     # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
     parser = HfArgumentParser((TrainingArguments, RunOptions), allow_abbrev=False)
+
+    def refuse(message: str):
+        raise UsageError(f"training_params: {message}")
+
+    parser.error = refuse  # one line, not argparse's usage block
     accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
     if not accelerator and "--use_cpu" not in argv:
         # On a CPU-only machine transformers 5 wants use_cpu for --bf16 and, without it, sets up no DDP (each
@@ -138,8 +143,8 @@ def parse_training_args(argv: list[str]):
         argv = [*argv, "--use_cpu", "true"]
     try:
         training_args, run_options, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    except SystemExit:
-        raise UsageError(f"training_params: cannot parse {' '.join(argv)} (see the message above)") from None
+    except UsageError:
+        raise
     except ValueError as err:  # TrainingArguments.__post_init__ refuses inconsistent values
         raise UsageError(f"training_params: {_one_line(err)}") from None
     if unknown:
@@ -505,6 +510,9 @@ def train_and_export(plan: Plan, stop_signal) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     validate_only = VALIDATE_ONLY_FLAG in argv
     argv = [arg for arg in argv if arg != VALIDATE_ONLY_FLAG]
     plan = make_plan(argv)
