@@ -141,7 +141,8 @@ BAD_INPUTS = {
         lambda a, t: edit(a, "--max_seq_len", "4096"), "--max_seq_len 4096 must be in 3..128"),
     "no --max_steps for a stream": (lambda a, t: edit(a, "--max_steps", None), "--max_steps must be a positive"),
     "training option with a bad value": (
-        lambda a, t: edit(a, "--max_steps", "many"), "error: training_params: argument --max_steps/--max-steps: invalid int value: 'many'"),
+        lambda a, t: edit(a, "--max_steps", "many"),
+        "error: training_params: argument --max_steps/--max-steps: invalid int value: 'many'"),
     "unknown training option": (unknown_training_option, "['--learning_rat', '1'] are not TrainingArguments options"),
     "misspelt model option": (lambda a, t: a + ["--student_layers", "2"], "unrecognized arguments: --student_layers"),
     "missing argument group": (lambda a, t: a[a.index("training_params"):], "missing argument group(s) data_params"),
