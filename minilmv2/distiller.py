@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from minilmv2.architectures import base_model, embedding_modules, encoder_layers, layout_for, qkv_states
+from minilmv2.architectures import embedding_modules, encoder_layers, layout_for, qkv_projection, qkv_states
 from minilmv2.relations import KEY, KIND_NAMES, QUERY, VALUE, relation_loss
 
 # The reference's default: Q-Q, K-K and V-V relations with weight 1 each.
@@ -156,7 +156,7 @@ class MiniLM(nn.Module):
         with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
             teacher_states = qkv_states(self.teacher, self.L, self.kinds, input_ids, attention_mask, token_type_ids)
         student_states = qkv_states(self.student, self.M, self.kinds, input_ids, attention_mask, token_type_ids)
-        loss, pair_losses = relation_loss(
+        loss, _ = relation_loss(
             teacher_states,
             student_states,
             attention_mask.bool(),
@@ -164,17 +164,12 @@ class MiniLM(nn.Module):
             self.A_r,
             self.chunk_elements,
         )
-        # Detached per-pair values for logging; reading them does not sync unless the caller asks.
-        self.last_pair_losses = {
-            f"{KIND_NAMES[i]}{KIND_NAMES[j]}": value.detach() for (i, j), value in pair_losses.items()
-        }
         return MiniLMOutput(loss=loss)
 
 
 def qkv_width(model: nn.Module, layer: int) -> int:
-    """Output width of the query projection of `layer` (1-based): the all-heads size H split into relation heads."""
-    projection = encoder_layers(model)[layer - 1].get_submodule(layout_for(model).query)
-    return projection.out_features
+    """Width H of the Q/K/V states of `layer` (1-based), the size that is split into relation heads."""
+    return qkv_projection(model, layer - 1, QUERY).out_features
 
 
-__all__ = ["MiniLM", "MiniLMOutput", "DEFAULT_RELATIONS", "V1_RELATIONS", "base_model"]
+__all__ = ["MiniLM", "MiniLMOutput", "DEFAULT_RELATIONS", "V1_RELATIONS"]

@@ -141,10 +141,13 @@ class _RelationKL(torch.autograd.Function):
         key_mask: torch.Tensor,
         num_relation_heads: int,
         chunk_elements: int,
+        grad_enabled: bool,
     ) -> torch.Tensor:
         batch, seq = key_mask.shape
         heads = num_relation_heads
-        need_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        # needs_input_grad stays true under torch.no_grad(), so the caller's grad mode is passed in: an eval
+        # pass must not pay for two extra (G, S, S) matmuls per chunk.
+        need_grad = grad_enabled and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
         t_left, t_right = (
             split_relation_heads(teacher_left, heads),
             split_relation_heads(teacher_right, heads),
@@ -188,7 +191,7 @@ class _RelationKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_left, grad_right = ctx.saved_tensors
-        return None, None, grad_output * grad_left, grad_output * grad_right, None, None, None
+        return None, None, grad_output * grad_left, grad_output * grad_right, None, None, None, None
 
 
 def relation_pair_loss(
@@ -220,6 +223,7 @@ def relation_pair_loss(
         key_mask.bool(),
         num_relation_heads,
         chunk_elements,
+        torch.is_grad_enabled(),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 
@@ -39,6 +40,9 @@ def student_config_from_teacher(
     config.intermediate_size = intermediate_size or 4 * hidden_size
     if hasattr(config, "embedding_size"):  # ELECTRA: a student embeds straight into its hidden size
         config.embedding_size = hidden_size
+    # A teacher saved in bf16/fp16 loads in that dtype (transformers 5 defaults to dtype="auto"); the student
+    # is trained, so it keeps fp32 master weights whatever the teacher's storage dtype.
+    config.dtype = torch.float32
     # The teacher's checkpoint name and task heads say nothing about a fresh student.
     config.architectures = None
     config._name_or_path = ""
@@ -46,5 +50,5 @@ def student_config_from_teacher(
 
 
 def build_student(config: PretrainedConfig) -> PreTrainedModel:
-    """A randomly initialised base model (with pooler, so task heads can use it) from `config`."""
-    return AutoModel.from_config(config)
+    """A randomly initialised fp32 base model (with pooler, so task heads can use it) from `config`."""
+    return AutoModel.from_config(config, dtype=torch.float32)

@@ -60,3 +60,8 @@ def make_mask(lengths: list[int], seq_len: int, side: str) -> torch.Tensor:
         else:
             mask[row, :length] = 1
     return mask
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected||, in float64."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)).item()

@@ -8,12 +8,13 @@ loss and student gradients while running only what the loss needs.
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from reference_minilm import make_mask, per_sample_relation_loss
+from reference_minilm import make_mask, per_sample_relation_loss, relative_error
 from transformers import AutoModel, BertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
 
 from minilmv2 import MiniLM, build_student, student_config_from_teacher
@@ -81,10 +82,6 @@ def reference_loss(teacher, student, L, M, relations, heads, batch):
 
 def student_grads(student):
     return {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
-
-
-def relative_error(actual, expected):
-    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)).item()
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -257,6 +254,14 @@ def test_student_construction():
     assert electra.embedding_size == 256
 
 
+def test_student_is_fp32_whatever_the_teacher_dtype():
+    teacher_config = BertConfig(**TINY)
+    teacher_config.dtype = torch.bfloat16  # as a teacher saved in bf16 loads with dtype="auto"
+    student = build_student(student_config_from_teacher(teacher_config, 24, 2, 2))
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+    assert student.config.dtype == torch.float32
+
+
 def test_student_round_trips_through_auto_model(tmp_path):
     teacher, student = tiny_pair("roberta")
     student.save_pretrained(tmp_path)
@@ -271,6 +276,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, results):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
     teacher, student = tiny_pair("bert")
+    initial = {name: p.detach().clone() for name, p in student.named_parameters()}
     distiller = MiniLM(teacher=teacher, student=student, A_r=4)
     # find_unused_parameters=False raises on the second step if a trainable parameter got no gradient
     model = torch.nn.parallel.DistributedDataParallel(distiller, find_unused_parameters=False)
@@ -280,16 +286,30 @@ def _ddp_worker(rank: int, world_size: int, port: int, results):
         optimizer.zero_grad()
         model(**batch).loss.backward()
         optimizer.step()
-    results[rank] = torch.cat([p.detach().flatten() for p in student.parameters()])
+    results[rank] = {
+        "moved": sorted(n for n, p in student.named_parameters() if not torch.equal(p.detach(), initial[n])),
+        "trainable": sorted(n for n, p in student.named_parameters() if p.requires_grad),
+        "frozen_without_grad": all(p.grad is None for p in student.parameters() if not p.requires_grad),
+        "flat": torch.cat([p.detach().flatten() for p in student.parameters()]),
+    }
     dist.destroy_process_group()
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_ddp_without_find_unused_parameters():
-    port = 29500 + os.getpid() % 1000
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
-        assert torch.equal(results[0], results[1])  # replicas stayed in sync
+        mp.spawn(_ddp_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+        first, second = results[0], results[1]
+    # every trainable parameter got a gradient and moved; the frozen ones never got one; replicas agree
+    assert first["moved"] == first["trainable"] and len(first["trainable"]) > 0
+    assert first["frozen_without_grad"]
+    assert torch.equal(first["flat"], second["flat"])
 
 
 def test_torch_compile_of_the_whole_distiller_matches_eager():

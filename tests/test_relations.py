@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_minilm import make_mask, per_sample_relation_loss
+from reference_minilm import make_mask, per_sample_relation_loss, relative_error
 
 from minilmv2.relations import (
     merge_relation_heads,
@@ -30,15 +30,12 @@ def random_states(batch, seq, hidden, requires_grad=False, scale=2.0):
     return {kind: (scale * torch.randn(batch, seq, hidden)).requires_grad_(requires_grad) for kind in (1, 2, 3)}
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)).item()
-
-
 @pytest.mark.parametrize("side", ["right", "left", "none"])
 @pytest.mark.parametrize("case", range(len(CASES)))
-@pytest.mark.parametrize("chunk_elements", [None, 50])
-def test_loss_and_gradients_match_per_sample_reference(case, side, chunk_elements):
+@pytest.mark.parametrize("groups_per_chunk", [None, 1, 5])  # 5 leaves a partial last chunk in most cases
+def test_loss_and_gradients_match_per_sample_reference(case, side, groups_per_chunk):
     batch, seq, teacher_hidden, student_hidden, heads, lengths, relations = CASES[case]
+    chunk_elements = None if groups_per_chunk is None else groups_per_chunk * seq * seq
     torch.manual_seed(case)
     lengths = [seq] * batch if side == "none" else lengths
     mask = make_mask(lengths, seq, "right" if side == "none" else side)
@@ -159,3 +156,23 @@ def test_compiled_chunk_math_matches_the_eager_reference_path():
     assert relative_error(compiled, eager) < 1e-5
     for kind, grad in eager_grads.items():
         assert relative_error(student[kind].grad, grad) < 1e-5
+
+
+def test_no_gradient_work_under_no_grad(monkeypatch):
+    import minilmv2.relations as relations_module
+
+    seen = []
+    real_chunk_fn = relations_module._chunk_fn
+
+    def recording_chunk_fn(*args):
+        seen.append(args[-1])  # need_grad
+        return real_chunk_fn(*args)
+
+    monkeypatch.setattr(relations_module, "_chunk_fn", recording_chunk_fn)
+    teacher, student = random_states(2, 5, 16), random_states(2, 5, 8, requires_grad=True)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        evaluated, _ = relation_loss(teacher, student, mask, {(1, 1): 1.0}, 4)
+    assert seen == [False] and not evaluated.requires_grad
+    trained, _ = relation_loss(teacher, student, mask, {(1, 1): 1.0}, 4)
+    assert seen == [False, True] and torch.equal(trained.detach(), evaluated)
