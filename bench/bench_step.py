@@ -123,6 +123,29 @@ def time_steps(args) -> dict:
     }
 
 
+def model_flops(args) -> float:
+    """Useful FLOPs of one distillation step (what MiniLMv2 needs, whichever implementation runs it).
+
+    Matmuls only (2 FLOPs per multiply-add), with padding counted as the batch is shaped (B x S):
+    teacher forward up to layer L's Q/K/V; student forward up to layer M's Q/K/V, and backward at twice its
+    forward; per relation pair, teacher and student relation logits plus the two student gradient matmuls.
+    """
+    tokens = args.batch * args.seq
+    t_layers, t_hidden = (int(x) for x in args.teacher_shape.split("x"))
+    s_layers, s_hidden = (int(x) for x in args.student_shape.split("x"))
+
+    def layer(hidden: int) -> float:  # Q/K/V/output projections, FFN (4 x hidden), attention scores and mix
+        return 2 * tokens * (4 * hidden**2 + 8 * hidden**2) + 4 * tokens * args.seq * hidden
+
+    def qkv(hidden: int) -> float:
+        return 2 * tokens * 3 * hidden**2
+
+    teacher = (t_layers - 1) * layer(t_hidden) + qkv(t_hidden)
+    student = 3 * ((s_layers - 1) * layer(s_hidden) + qkv(s_hidden))
+    relations = 3 * (2 * tokens * args.seq * t_hidden + 3 * 2 * tokens * args.seq * s_hidden)
+    return teacher + student + relations
+
+
 def _current_rss_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -180,6 +203,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd relation math")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's dense peak for --dtype, for MFU (H100 bf16: 989)"
+    )
     parser.add_argument("--skip", choices=["speed", "memory"], default=None)
     parser.add_argument("--memory-child", choices=["reference", "minilmv2"], dest="which", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,12 +224,20 @@ def main():
         timing = time_steps(args)
         print(f"\nstep time, {args.dtype} autocast, batch {args.batch} x {args.seq} (rows padded to varying lengths)")
         base = timing["reference"]["median_s"]
-        print(f"{'implementation':<22}{'median s':>10}{'min s':>10}{'speed-up':>10}{'loss':>12}")
+        flops = model_flops(args)
+        mfu_header = f"{'MFU':>8}" if args.peak_tflops else ""
+        print(
+            f"{'implementation':<22}{'median s':>10}{'min s':>10}{'speed-up':>10}{'TFLOP/s':>10}"
+            f"{mfu_header}{'loss':>10}"
+        )
         for name, row in timing.items():
+            achieved = flops / row["median_s"] / 1e12
+            mfu = f"{100 * achieved / args.peak_tflops:>7.1f}%" if args.peak_tflops else ""
             print(
                 f"{name:<22}{row['median_s']:>10.3f}{row['min_s']:>10.3f}"
-                f"{base / row['median_s']:>9.2f}x{row['loss']:>12.5f}"
+                f"{base / row['median_s']:>9.2f}x{achieved:>10.2f}{mfu}{row['loss']:>10.5f}"
             )
+        print(f"(model FLOPs per step: {flops / 1e12:.3f} TFLOP, matmuls only)")
     if args.skip != "memory":
         memory = measure_memory(args)
         print(f"\npeak extra memory of one fp32 step, batch {args.mem_batch} x {args.mem_seq}")
