@@ -56,7 +56,8 @@ SEED=${SEED:-42}
 REPORT_TO=${REPORT_TO:-tensorboard}
 RESUME=${RESUME:-}
 EXTRA_ARGS=${EXTRA_ARGS:-}
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # local paths only, unless the caller allows the hub
+# HF_HUB_OFFLINE is left as the caller set it: a hub or http(s) corpus needs the network, local files do not
+# (with HF_HUB_OFFLINE=1 and such a corpus config, the pre-check below refuses in one line).
 
 # Checks a user can act on, before anything starts.
 if [ ! -f "$TEACHER_DIR/config.json" ]; then
@@ -100,7 +101,12 @@ MODEL_ARGS=(model_params --input_model_dir "$TEACHER_DIR" --tokenizer_dir "$TOKE
 ARGS=("${DATA_ARGS[@]}" "${TRAINING_ARGS[@]}" "${MODEL_ARGS[@]}")
 
 # Every argument is checked once, in one process, before any worker starts (one line, exit 2, if wrong).
-"$PYTHON" -m minilmv2.run_distillation "${ARGS[@]}" --validate_only
+# It is told how many processes the launch will have, so a resumed checkpoint is checked against that.
+if ! [[ "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: NPROC=$NPROC is not a number of processes per node" >&2
+    exit 2
+fi
+MINILMV2_WORLD_SIZE=$((NPROC * ${NNODES:-1})) "$PYTHON" -m minilmv2.run_distillation "${ARGS[@]}" --validate_only
 
 if [ -n "${NNODES:-}" ] && [ "$NNODES" -gt 1 ]; then
     LAUNCH=(--nnodes "$NNODES" --rdzv-id "${RDZV_ID:-minilmv2}" --rdzv-backend c10d

@@ -57,6 +57,22 @@ def is_remote(source: str) -> bool:
     return "://" in source
 
 
+def hub_offline() -> bool:
+    """Whether the environment forbids network access to the hub (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)."""
+    return any(
+        os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _refuse_remote_when_offline(remote: list[str], option: str, path: Path) -> None:
+    if remote and hub_offline():
+        raise UsageError(
+            f"{option} {path} reads {remote[0]} from the network, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set; "
+            "unset it (e.g. HF_HUB_OFFLINE=0) or use local files"
+        )
+
+
 def load_corpus_config(path: str | os.PathLike, option: str = "--train_config") -> CorpusConfig:
     """Read and validate a corpus config; `UsageError` naming `option` and the bad value otherwise."""
     path = Path(path)
@@ -83,6 +99,7 @@ def load_corpus_config(path: str | os.PathLike, option: str = "--train_config") 
     if "hub" in raw:
         if not isinstance(raw["hub"], str) or not raw["hub"]:
             raise UsageError(f'{option} {path}: "hub" must be a dataset name such as "wikimedia/wikipedia"')
+        _refuse_remote_when_offline([f"hub dataset {raw['hub']}"], option, path)
         return CorpusConfig((), "hub", tuple(columns), raw["hub"], raw.get("name"), raw.get("split", "train"))
 
     fmt = FORMAT_ALIASES.get(raw.get("format", "text"), raw.get("format", "text"))
@@ -93,6 +110,7 @@ def load_corpus_config(path: str | os.PathLike, option: str = "--train_config") 
         urls = [urls]
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
         raise UsageError(f'{option} {path}: "urls" must be a non-empty list of paths or URLs, got {urls!r}')
+    _refuse_remote_when_offline([u for u in urls if is_remote(u)], option, path)
     sources = []
     for url in urls:
         sources.extend(_expand_source(url, path.parent, option, path))
@@ -177,6 +195,28 @@ def rank_units(config: CorpusConfig, rank: int, world_size: int) -> list[Unit]:
     else:
         units += [Unit(s, "rows", rank, world_size) for s in others]
     return units
+
+
+def unit_records(units: list[Unit]) -> list[list]:
+    """`units` as stored in a stream's state_dict."""
+    return [[u.source, u.mode, u.piece, u.pieces] for u in units]
+
+
+def stream_state_mismatch(state: dict, units: list[list], world_size: int) -> str | None:
+    """Why a saved stream position cannot continue a stream over `units` of `world_size` ranks, or None."""
+    saved_world = state.get("world_size")
+    if saved_world != world_size:
+        return f"the number of processes differs (saved by {saved_world}, this run has {world_size})"
+    saved_units = state.get("units")
+    if saved_units != units:
+        saved_sources = [unit[0] for unit in saved_units or []]
+        sources = [unit[0] for unit in units]
+        if saved_sources != sources:
+            gone = [s for s in saved_sources if s not in sources] or saved_sources
+            new = [s for s in sources if s not in saved_sources] or sources
+            return f"the corpus differs (saved for {gone[:2]}, this run reads {new[:2]})"
+        return "the corpus differs (same files, but split among the ranks differently)"
+    return None
 
 
 def byte_range(size: int, piece: int, pieces: int) -> tuple[int, int]:
@@ -320,16 +360,13 @@ class TokenStream(torch.utils.data.IterableDataset):
             "examples_yielded": self.examples_yielded,
             "rank": self.rank,
             "world_size": self.world_size,
-            "units": [[u.source, u.mode, u.piece, u.pieces] for u in self.units],
+            "units": unit_records(self.units),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        units = [[u.source, u.mode, u.piece, u.pieces] for u in self.units]
-        if state.get("units") != units or state.get("world_size") != self.world_size:
-            raise ValueError(
-                "the saved stream position belongs to a different corpus or number of processes "
-                f"(saved for world size {state.get('world_size')}, this run has {self.world_size})"
-            )
+        problem = stream_state_mismatch(state, unit_records(self.units), self.world_size)
+        if problem:
+            raise ValueError(f"the saved stream position does not fit this run: {problem}")
         self.reset()
         self.epoch, self.unit_index = state["epoch"], state["unit_index"]
         self.unit_position = state["unit_position"]

@@ -15,7 +15,8 @@ One node, all GPUs:  torchrun --standalone --nproc-per-node gpu -m minilmv2.run_
 Several nodes:       srun torchrun --nnodes $SLURM_NNODES --nproc-per-node gpu --rdzv-backend c10d \\
                          --rdzv-endpoint $HEAD:29500 -m minilmv2.run_distillation <groups>
 CPU (gloo):          torchrun --standalone --nproc-per-node 2 -m minilmv2.run_distillation <groups>
-Check the arguments only (no model is loaded): add --validate_only anywhere.
+Check the arguments only (no model is loaded): add --validate_only anywhere; outside torchrun, set
+MINILMV2_WORLD_SIZE to the number of processes the run will have (run.sh does) so a resume is checked for it.
 
 Outputs in --output_dir: `student/` (config.json, model.safetensors, tokenizer: `AutoModel.from_pretrained`
 loads it), `loss_curve.png`, `trainer_state.json` (every logged loss), and `checkpoint-N/` every --save_steps
@@ -49,6 +50,10 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+# Any of these makes a folder loadable by AutoTokenizer (fast tokenizer, WordPiece, BPE or SentencePiece files).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+# Models whose position ids start after the padding index: max_position_embeddings - (pad_token_id + 1) usable.
+PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -190,6 +195,15 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def planned_world_size() -> int:
+    """The run's number of processes: torchrun's WORLD_SIZE, else MINILMV2_WORLD_SIZE (run.sh's pre-check)."""
+    value = os.environ.get("WORLD_SIZE") or os.environ.get("MINILMV2_WORLD_SIZE") or "1"
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"WORLD_SIZE/MINILMV2_WORLD_SIZE {value!r} is not a number of processes") from None
+
+
 def check_positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UsageError(f"{name} must be a positive integer, got {value}")
@@ -223,6 +237,30 @@ def load_teacher_config(model_dir: str):
     return config
 
 
+def check_tokenizer_dir(model_args) -> None:
+    """The tokenizer folder (--tokenizer_dir, else the teacher's) must hold a tokenizer's files."""
+    option, directory = (
+        ("--tokenizer_dir", model_args.tokenizer_dir)
+        if model_args.tokenizer_dir
+        else ("--input_model_dir", model_args.input_model_dir)
+    )
+    if not Path(directory).is_dir():
+        raise UsageError(f"{option} {directory} does not exist")
+    if not any((Path(directory) / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(
+            f"{option} {directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save one there with "
+            "tokenizer.save_pretrained or pass --tokenizer_dir"
+        )
+
+
+def usable_positions(teacher_config) -> int | None:
+    """Sequence length the teacher's position embeddings allow (RoBERTa-style models reserve pad_token_id + 1)."""
+    max_positions = getattr(teacher_config, "max_position_embeddings", None)
+    if max_positions and teacher_config.model_type in PADDING_OFFSET_MODELS:
+        max_positions -= (teacher_config.pad_token_id or 0) + 1
+    return max_positions
+
+
 def check_shapes(model_args, teacher_config, max_seq_len: int) -> None:
     """Teacher layer, relation heads, student heads and sequence length, against the teacher's config."""
     for name in ("student_hidden_size", "student_num_layers", "student_attention_heads", "num_relation_heads"):
@@ -252,7 +290,7 @@ def check_shapes(model_args, teacher_config, max_seq_len: int) -> None:
                     f"--num_relation_heads {relation_heads} does not divide the {who} {size}; values dividing both "
                     f"hidden sizes: {[d for d in common if d <= 128]}"
                 )
-    max_positions = getattr(teacher_config, "max_position_embeddings", None)
+    max_positions = usable_positions(teacher_config)
     if max_seq_len < 3 or (max_positions and max_seq_len > max_positions):
         raise UsageError(f"--max_seq_len {max_seq_len} must be in 3..{max_positions} (the teacher's positions)")
 
@@ -324,15 +362,20 @@ def make_plan(argv: list[str]) -> Plan:
     train_config = load_corpus_config(data_args.train_config, "--train_config")
     val_config = load_corpus_config(data_args.val_config, "--val_config") if data_args.val_config else None
     check_positive("--shuffle_buffer", data_args.shuffle_buffer)
-    if model_args.tokenizer_dir and not Path(model_args.tokenizer_dir).is_dir():
-        raise UsageError(f"--tokenizer_dir {model_args.tokenizer_dir} does not exist")
     teacher_config = load_teacher_config(model_args.input_model_dir)
+    check_tokenizer_dir(model_args)
     check_shapes(model_args, teacher_config, data_args.max_seq_len)
     relations = parse_relations(model_args.minilm_relations)
     if training_args.max_steps is None or training_args.max_steps < 1:
         raise UsageError("--max_steps must be a positive number of optimizer steps (the corpus is a stream)")
     check_positive("--per_device_train_batch_size", training_args.per_device_train_batch_size)
     check_positive("--gradient_accumulation_steps", training_args.gradient_accumulation_steps)
+    eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if val_config is None and eval_strategy != "no":
+        raise UsageError(
+            f"--eval_strategy {eval_strategy} needs held-out text: pass data_params --val_config "
+            "(or drop --eval_strategy)"
+        )
 
     output_dir = Path(training_args.output_dir or "trainer_output")
     training_args.output_dir = str(output_dir)
@@ -340,7 +383,7 @@ def make_plan(argv: list[str]) -> Plan:
     checkpoint = resolve_checkpoint(requested, output_dir)
     restore_data = checkpoint is not None and not training_args.ignore_data_skip
     if checkpoint is not None:
-        validate_checkpoint(checkpoint, env_world_size(), restore_data)
+        validate_checkpoint(checkpoint, planned_world_size(), restore_data, train_config)
     check_output_dir(output_dir, checkpoint is not None, run_options.overwrite_output_dir)
     return Plan(
         data_args, model_args, training_args, run_options, train_config, val_config, teacher_config, relations,
@@ -357,6 +400,10 @@ def configure_training_args(training_args, has_val: bool) -> None:
         training_args.eval_steps = training_args.eval_steps or training_args.logging_steps
     # The stream position comes from the checkpoint; never fast-forward the loader by reading batches.
     training_args.ignore_data_skip = True
+    # MiniLM freezes every parameter that gets no gradient, so DDP need not search the graph for unused ones
+    # each step (the Trainer's default for a model that is not a PreTrainedModel is to search).
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False
     # Evaluation goes through accelerate: each rank evaluates its own batches of the (small) held-out stream.
     training_args.accelerator_config.dispatch_batches = False
     if str(training_args.include_num_input_tokens_seen) == "no":
@@ -519,16 +566,24 @@ def _main(argv: list[str] | None = None) -> int:
     if validate_only:
         print0("arguments OK")
         return 0
-    return run(plan)
+    try:
+        return run(plan)
+    except UsageError as err:
+        err.after_plan = True
+        raise
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
-    except UsageError:
+    except UsageError as err:
         if env_rank() == 0:
             raise  # printed once, as one line, by exit_on_usage_error
+        if getattr(err, "after_plan", False):
+            # Raised while training (e.g. this rank's stream position): rank 0 may never see it.
+            print(f"rank {env_rank()}: error: {err}", file=sys.stderr, flush=True)
+        # Start-up checks fail alike on every rank: rank 0 has said it.
         raise SystemExit(2) from None
 
 

@@ -10,6 +10,8 @@
   but hold the student export in `checkpoint-N/student/` (config, safetensors, tokenizer) instead of the
   distiller, so no second copy of the frozen teacher; plus `data_state/rank-R.json` (the stream position)
   and, written last, `checkpoint_complete.json`. Resuming loads the student back from `student/`.
+  `--save_total_limit` deletes old checkpoints only after the new one is complete, and only complete
+  ones older than it, so a crash while saving never leaves the run without a complete checkpoint.
 - Every micro-step, all ranks agree (one tiny all-reduce) whether the loss is finite and whether a
   SIGTERM/SIGINT arrived: a non-finite loss stops before the optimizer step (the last checkpoint stays the
   last good one); a signal makes every rank save a checkpoint at the end of the current step and stop.
@@ -51,10 +53,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 def export_student(student: torch.nn.Module, tokenizer, target: str | os.PathLike) -> Path:
-    """Write `student` + `tokenizer` to `target` (loadable by AutoModel/AutoTokenizer), atomically.
+    """Write `student` + `tokenizer` to `target` (loadable by AutoModel/AutoTokenizer), never half-written.
 
-    Everything is written to a scratch folder beside `target` and renamed into place, so `target` is always
-    either the previous complete export or the new one, never a half-written folder.
+    Everything is written (and fsynced) to a scratch folder beside `target` and renamed into place, so
+    `target` never holds a mix of old and new files. Replacing an existing export takes two renames (POSIX
+    cannot swap a non-empty folder in one): between them `target` does not exist and the previous export
+    lies beside it as `.<name>.previous-<pid>`. Resuming never reads this export (checkpoints hold their own).
     """
     target = Path(target)
     scratch = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -93,11 +97,16 @@ def resident_memory_mb() -> float:
 class StopSignal:
     """Remembers a SIGTERM/SIGINT so training can checkpoint and stop at the end of the current step.
 
-    A second signal while the checkpoint is being written interrupts at once (KeyboardInterrupt).
+    One stop request often arrives twice: Ctrl-C reaches every process of the group and torchrun also
+    forwards it to its workers; SLURM signals both the step and torchrun. So the second signal is ignored
+    (the checkpoint is being written) and only a third interrupts at once (KeyboardInterrupt, no checkpoint).
     """
+
+    ABORT_AFTER = 3  # signals: the third one aborts
 
     def __init__(self):
         self.received: int | None = None
+        self.count = 0
         self._previous: dict[int, object] = {}
 
     def install(self) -> StopSignal:
@@ -112,13 +121,15 @@ class StopSignal:
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count >= self.ABORT_AFTER:
             raise KeyboardInterrupt
+        if self.received is not None:
+            print(f"received {name} again: still saving the checkpoint; one more signal aborts without it", flush=True)
+            return
         self.received = signum
-        print(
-            f"received {signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping",
-            flush=True,
-        )
+        print(f"received {name}: saving a checkpoint at the end of this step, then stopping", flush=True)
 
 
 class DistillationTrainer(Trainer):
@@ -209,8 +220,16 @@ class DistillationTrainer(Trainer):
         self.accelerator.unwrap_model(model).student.load_state_dict(weights, strict=True)
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        checkpoint = Path(self._get_output_dir(trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        # The Trainer rotates (deletes old checkpoints) at the end of its own save, before our data state and
+        # completion marker exist; with --save_total_limit 1 a crash there would leave no complete checkpoint.
+        # So it saves with no limit and `rotate_complete_checkpoints` runs once the marker is written.
+        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = save_total_limit
+        run_dir = Path(self._get_output_dir(trial))
+        checkpoint = run_dir / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
         state_dir = checkpoint / DATA_STATE_DIR
         state_dir.mkdir(parents=True, exist_ok=True)
         state_file = state_dir / f"rank-{self.args.process_index}.json"
@@ -229,6 +248,7 @@ class DistillationTrainer(Trainer):
         if self.args.should_save:
             marker = {"global_step": self.state.global_step, "world_size": self.args.world_size}
             (checkpoint / COMPLETE_MARKER).write_text(json.dumps(marker))
+            rotate_complete_checkpoints(run_dir, save_total_limit, self.state.best_model_checkpoint)
 
 
 def parameters_sha256(model: torch.nn.Module) -> str:
@@ -260,8 +280,40 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return max(complete, key=checkpoint_step) if complete else None
 
 
-def validate_checkpoint(checkpoint: str | os.PathLike, world_size: int, restore_data: bool) -> None:
-    """UsageError naming what is missing or damaged in `checkpoint`, so a resume never dies half-way."""
+def rotate_complete_checkpoints(
+    output_dir: str | os.PathLike, save_total_limit: int | None, keep: str | os.PathLike | None = None
+) -> list[Path]:
+    """Delete the oldest complete checkpoints until `save_total_limit` complete ones remain; returns them.
+
+    Only complete checkpoints older than the newest complete one are candidates: an incomplete one (a save
+    that crashed, or one being written) is never deleted nor counted, and neither is `keep` (the best model).
+    """
+    if not save_total_limit or save_total_limit <= 0:
+        return []
+    root = Path(output_dir)
+    complete = sorted(
+        (p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p) >= 0 and (p / COMPLETE_MARKER).is_file()),
+        key=checkpoint_step,
+    )
+    protected = {Path(keep).resolve()} if keep else set()
+    deleted = []
+    for path in complete[:-1]:
+        if len(complete) - len(deleted) <= save_total_limit:
+            break
+        if path.resolve() not in protected:
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path)
+    return deleted
+
+
+def validate_checkpoint(checkpoint: str | os.PathLike, world_size: int, restore_data: bool, train_config=None) -> None:
+    """UsageError naming what is missing or damaged in `checkpoint`, so a resume never dies half-way.
+
+    With `restore_data`, every rank's saved stream position must exist and, given the run's `train_config`
+    (a `CorpusConfig`), belong to the same corpus split the same way.
+    """
+    from minilmv2.data import rank_units, stream_state_mismatch, unit_records
+
     checkpoint = Path(checkpoint)
     advice = "resume from an earlier checkpoint or start afresh"
     if not checkpoint.is_dir():
@@ -293,12 +345,22 @@ def validate_checkpoint(checkpoint: str | os.PathLike, world_size: int, restore_
         for rank in range(world_size):
             state_file = checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
             try:
-                json.loads(state_file.read_text())["stream"]
-            except (OSError, ValueError, KeyError, TypeError):
+                state = json.loads(state_file.read_text())["stream"]
+                state.get("units")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise UsageError(
                     f"checkpoint {checkpoint} is corrupt: {state_file.relative_to(checkpoint)} is missing or "
                     f"unreadable; {advice}, or pass --ignore_data_skip to restart the data stream"
                 ) from None
+            if train_config is not None:
+                units = unit_records(rank_units(train_config, rank, world_size))
+                problem = stream_state_mismatch(state, units, world_size)
+                if problem:
+                    raise UsageError(
+                        f"checkpoint {checkpoint}: the saved stream position of rank {rank} does not fit this run: "
+                        f"{problem}; resume with the checkpoint's corpus config, or pass --ignore_data_skip to "
+                        "restart the data stream"
+                    )
 
 
 def safetensors_problem(path: Path) -> str | None:

@@ -89,13 +89,31 @@ def test_bad_configs_are_refused_with_the_value_named(tmp_path, content, message
     assert "--train_config" in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_hub_dataset_config_is_split_by_node_not_by_file(tmp_path):
+def test_hub_dataset_config_is_split_by_node_not_by_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     path = tmp_path / "hub.json"
     path.write_text(json.dumps({"hub": "wikimedia/wikipedia", "name": "20231101.en", "columns": "title,text"}))
     config = load_corpus_config(path)
     assert (config.hub, config.hub_name, config.hub_split, config.columns) == (
         "wikimedia/wikipedia", "20231101.en", "train", ("title", "text"))  # fmt: skip
     assert [(u.mode, u.piece, u.pieces) for u in rank_units(config, 3, 8)] == [("hub", 3, 8)]
+
+
+@pytest.mark.parametrize(
+    "content", [{"hub": "wikimedia/wikipedia"}, {"urls": ["https://example.org/shard-0.txt"], "format": "text"}]
+)
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_network_corpus_is_refused_at_start_up_when_offline_is_set(tmp_path, monkeypatch, content, variable):
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "remote.json"
+    path.write_text(json.dumps(content))
+    load_corpus_config(path)  # online: accepted (read when the stream starts)
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(UsageError, match="from the network, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set") as caught:
+        load_corpus_config(path)
+    assert "\n" not in str(caught.value)
 
 
 def test_missing_config_file_is_refused(tmp_path):
@@ -266,5 +284,8 @@ def test_state_dict_resumes_the_exact_stream_without_retokenising(shards, tmp_pa
     assert counting.documents == original.tokenizer.documents - tokenised_before_state
 
     other_world = TokenStream(config, tokenizer, 40, **{**options, "rank": 0, "world_size": 3})
-    with pytest.raises(ValueError, match="different corpus or number of processes"):
+    with pytest.raises(ValueError, match=r"the number of processes differs \(saved by 2, this run has 3\)"):
         other_world.load_state_dict(state)
+    other_corpus = load_corpus_config(write_corpus_config(tmp_path / "other.json", [shards[0]]))
+    with pytest.raises(ValueError, match="the corpus differs"):
+        TokenStream(other_corpus, tokenizer, 40, **options).load_state_dict(state)

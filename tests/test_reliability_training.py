@@ -24,9 +24,11 @@ from minilmv2.errors import UsageError
 from minilmv2.run_distillation import main
 from minilmv2.training import (
     COMPLETE_MARKER,
+    StopSignal,
     export_student,
     last_complete_checkpoint,
     parameters_sha256,
+    rotate_complete_checkpoints,
     validate_checkpoint,
 )
 
@@ -94,6 +96,15 @@ def checkpoints_in_output_dir(argv, tmp):
     return argv
 
 
+def teacher_without_tokenizer(argv, tmp):
+    teacher = Path(argv[argv.index("--input_model_dir") + 1])
+    bare = tmp / "bare_teacher"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(teacher / name, bare / name)
+    return edit(argv, "--input_model_dir", str(bare))
+
+
 def unknown_training_option(argv, tmp):
     return with_training_options(argv, "--learning_rat", "1")
 
@@ -113,6 +124,13 @@ BAD_INPUTS = {
     "missing teacher directory": (
         lambda a, t: edit(a, "--input_model_dir", str(t / "nowhere")), "nowhere does not exist"),
     "teacher directory without a config": (teacher_without_config, "has no config.json"),
+    "teacher directory without a tokenizer": (teacher_without_tokenizer, "bare_teacher has no tokenizer"),
+    "tokenizer directory without a tokenizer": (
+        lambda a, t: a + ["--tokenizer_dir", str(write(t / "tok" / "README", "").parent)],
+        "tok has no tokenizer (none of tokenizer.json"),
+    "evaluation without held-out text": (
+        lambda a, t: with_training_options(a, "--eval_strategy", "steps", "--eval_steps", "2"),
+        "--eval_strategy steps needs held-out text: pass data_params --val_config"),
     "missing train config": (lambda a, t: edit(a, "--train_config", str(t / "none.json")), "none.json does not exist"),
     "train config that is a folder": (lambda a, t: edit(a, "--train_config", str(t)), "is a folder"),
     "unreadable (binary) train config": (
@@ -315,7 +333,110 @@ def test_latest_skips_a_checkpoint_whose_save_did_not_finish(uninterrupted, tmp_
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
 
 
-def test_student_export_is_atomic(uninterrupted, tmp_path):
+def test_resuming_after_the_corpus_changed_says_so_before_any_model_loads(setup, uninterrupted, tmp_path, capsys):
+    reference, argv = uninterrupted
+    out = tmp_path / "out"
+    shutil.copytree(reference / "checkpoint-3", out / "checkpoint-3")
+    other_corpus = write_corpus_config(tmp_path / "other.json", setup["shards"][:1])
+    resume = edit(edit(argv, "--output_dir", str(out)), "--train_config", str(other_corpus))
+    status, stdout, stderr = run_main(resume + ["--checkpoint_dir", str(out / "checkpoint-3")], capsys)
+    assert status == 2 and stderr.count("\n") == 1, stderr
+    assert "stream position of rank 0 does not fit this run: the corpus differs" in stderr
+    assert "loading the teacher" not in stdout and sorted(p.name for p in out.iterdir()) == ["checkpoint-3"]
+
+
+def test_save_total_limit_deletes_old_checkpoints_only_once_the_new_one_is_complete(setup, tmp_path, monkeypatch):
+    """A crash between the Trainer's save and the completion marker must leave the previous complete checkpoint."""
+    import minilmv2.training as training
+
+    calls = {"n": 0}
+    real_fingerprint = training.parameters_sha256
+
+    def crash_on_third_save(model):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash while saving checkpoint-3")
+        return real_fingerprint(model)
+
+    monkeypatch.setattr(training, "parameters_sha256", crash_on_third_save)
+    out = tmp_path / "out"
+    argv = distill_argv(setup["teacher"], setup["train"], out, max_steps=3,
+                        training=("--save_steps", "1", "--save_total_limit", "1"))  # fmt: skip
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(argv)
+    # checkpoint-1 was rotated away once checkpoint-2 was complete; checkpoint-2 survives the crash in 3's save.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert last_complete_checkpoint(out) == out / "checkpoint-2"
+    validate_checkpoint(out / "checkpoint-2", world_size=1, restore_data=True)
+
+
+def test_rotation_keeps_incomplete_and_best_checkpoints(tmp_path):
+    for step, complete in ((1, True), (2, True), (3, False), (4, True), (5, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).write_text("{}")
+    deleted = rotate_complete_checkpoints(tmp_path, 1, keep=tmp_path / "checkpoint-1")
+    assert deleted == [tmp_path / "checkpoint-2"]
+    remaining = ["checkpoint-1", "checkpoint-3", "checkpoint-4", "checkpoint-5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == remaining
+
+
+def test_a_repeated_signal_is_ignored_while_saving_and_a_third_aborts(capsys):
+    stop = StopSignal().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaches the worker ...
+        os.kill(os.getpid(), signal.SIGINT)  # ... and torchrun forwards it once more
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a deliberate third one aborts at once
+    finally:
+        stop.restore()
+    printed = capsys.readouterr().out
+    assert "received SIGINT: saving a checkpoint" in printed and "one more signal aborts" in printed
+
+
+def test_ddp_does_not_search_for_unused_parameters_unless_asked(setup, tmp_path):
+    from minilmv2.run_distillation import configure_training_args, parse_args
+
+    argv = distill_argv(setup["teacher"], setup["train"], tmp_path / "out")
+    training_args = parse_args(argv)[2]
+    configure_training_args(training_args, has_val=False)
+    assert training_args.ddp_find_unused_parameters is False
+    training_args = parse_args(with_training_options(argv, "--ddp_find_unused_parameters", "true"))[2]
+    configure_training_args(training_args, has_val=False)
+    assert training_args.ddp_find_unused_parameters is True
+
+
+def test_an_error_on_a_non_zero_rank_is_printed_by_that_rank(setup, tmp_path, capsys, monkeypatch):
+    import minilmv2.run_distillation as entry
+
+    def fail_on_this_rank(plan, stop_signal):
+        raise UsageError("this rank's stream position is unreadable")
+
+    monkeypatch.setattr(entry, "train_and_export", fail_on_this_rank)
+    monkeypatch.setenv("RANK", "1")
+    argv = distill_argv(setup["teacher"], setup["train"], tmp_path / "out")
+    status, _, stderr = run_main(argv, capsys)
+    assert status == 2 and stderr == "rank 1: error: this rank's stream position is unreadable\n"
+    # A start-up check fails alike on every rank: only rank 0 reports it.
+    status, _, stderr = run_main(edit(argv, "--L", "9"), capsys)
+    assert status == 2 and stderr == ""
+
+
+def test_roberta_teachers_reserve_the_padding_offset_of_their_positions():
+    from transformers import RobertaConfig
+
+    from minilmv2.run_distillation import check_shapes, model_parser, split_groups
+
+    teacher = RobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=514)
+    argv = distill_argv(Path("teacher"), Path("train.json"), Path("out"))
+    model_args = model_parser().parse_args(split_groups(argv)["model_params"])
+    check_shapes(model_args, teacher, 512)
+    with pytest.raises(UsageError, match=r"--max_seq_len 513 must be in 3\.\.512"):
+        check_shapes(model_args, teacher, 513)
+
+
+def test_student_export_is_never_half_written(uninterrupted, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     reference, _ = uninterrupted

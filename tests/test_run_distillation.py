@@ -169,6 +169,25 @@ def test_run_sh_launches_torchrun_with_env_overrides(setup, tmp_path):
     assert list(Path(board).glob("events.out.tfevents.*"))
 
 
+def test_run_sh_resumes_a_checkpoint_written_by_two_processes(setup, tmp_path):
+    """The pre-check runs as one process but must check a resume against the launch's world size (NPROC)."""
+    out = tmp_path / "out"
+    overrides = {
+        "TEACHER_DIR": str(setup["teacher"]), "TRAIN_CONFIG": str(setup["train"]), "OUTPUT_DIR": str(out),
+        "STUDENT_HIDDEN_SIZE": "32", "STUDENT_NUM_LAYERS": "2", "STUDENT_ATTENTION_HEADS": "2", "L": "2",
+        "NUM_RELATION_HEADS": "4", "BATCH_SIZE": "2", "MAX_SEQ_LEN": "32", "MAX_STEPS": "2", "SAVE_STEPS": "2",
+        "LOGGING_STEPS": "1", "WARMUP_STEPS": "0", "REPORT_TO": "none", "NPROC": "2",
+        "EXTRA_ARGS": "--disable_tqdm true",
+    }  # fmt: skip
+    first = run_script(overrides, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((out / "checkpoint-2" / COMPLETE_MARKER).read_text())["world_size"] == 2
+    resumed = run_script({**overrides, "MAX_STEPS": "3", "SAVE_STEPS": "3", "RESUME": "latest"}, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "arguments OK" in resumed.stdout and "resuming the corpus stream where" in resumed.stdout
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
