@@ -29,6 +29,7 @@ is a ratio (--warmup_ratio is gone), `--overwrite_output_dir` is ours (TrainingA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -127,18 +128,34 @@ def parse_arguments(argv: list[str] | None):
     except UsageError:
         raise
     except (ValueError, TypeError) as err:  # TrainingArguments.__post_init__ validates its own values
-        raise UsageError(str(err).strip().splitlines()[0]) from None
+        raise UsageError(one_line(err)) from None
+
+
+def one_line(err: BaseException | str) -> str:
+    """The first non-empty line of an exception's message: errors from libraries we wrap into UsageError
+    (TrainingArguments, the hub) often run to several lines, and our policy is one line per error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def check_model_dir(name_or_path: str, option: str = "--model_name_or_path") -> None:
     """UsageError unless `name_or_path` is a model directory with a readable config.json.
 
     A string that is not an existing path and does not look like one is a hub id: refused only when offline.
+    It looks like a path when it starts with ".", "/" or "~", has more than one "/" (hub ids have at most
+    one), or its first component exists here (`runs/student` with a `runs/` folder): such a string is
+    checked as a local directory, never sent to the hub.
     """
     from huggingface_hub import constants
 
     path = Path(name_or_path)
-    looks_like_path = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    first_component = name_or_path.replace(os.sep, "/").split("/")[0]
+    looks_like_path = (
+        path.exists()
+        or name_or_path.startswith((".", "/", "~", os.sep))
+        or name_or_path.count("/") > 1
+        or (first_component != name_or_path.replace(os.sep, "/") and Path(first_component).exists())
+    )
     if not looks_like_path:
         if constants.HF_HUB_OFFLINE:
             raise UsageError(
@@ -157,7 +174,7 @@ def check_model_dir(name_or_path: str, option: str = "--model_name_or_path") -> 
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{config_path} is not valid JSON ({err})") from None
+        raise UsageError(f"{config_path} is not valid JSON ({one_line(err)})") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise UsageError(f"{config_path} has no 'model_type'; it is not a transformers model config")
 
@@ -187,7 +204,7 @@ def check_arguments(
     if training_args.do_predict:
         raise UsageError("--do_predict is not supported (GLUE test labels are hidden); use --do_eval on dev")
     spec = glue.get_task(data_args.task_name) if data_args.task_name else None
-    files = data_files(data_args, training_args)
+    files = data_files(data_args)
     if spec is None and not files:
         raise UsageError("no task: pass --task_name (" + ", ".join(glue.TASKS) + ") or --train_file/--validation_file")
     if files and training_args.do_train and "train" not in files:
@@ -234,8 +251,8 @@ def check_arguments(
     return spec
 
 
-def data_files(data_args: DataTrainingArguments, training_args) -> dict[str, str]:
-    """{split: path} of the csv/json files given; only the splits this run uses."""
+def data_files(data_args: DataTrainingArguments) -> dict[str, str]:
+    """{split: path} of the csv/json files given (--train_file, --validation_file)."""
     files = {}
     if data_args.train_file:
         files["train"] = data_args.train_file
@@ -251,7 +268,7 @@ def needed_splits(spec: glue.TaskSpec, training_args) -> list[str]:
 
 def load_raw_datasets(spec, data_args, model_args, training_args):
     """(DatasetDict in glue's schema, task spec) from whichever source the arguments name."""
-    files = data_files(data_args, training_args)
+    files = data_files(data_args)
     if files:
         return glue.load_data_files(files, spec, cache_dir=model_args.cache_dir)
     if spec.name in glue.OFFLINE_TASKS:
@@ -259,7 +276,19 @@ def load_raw_datasets(spec, data_args, model_args, training_args):
     splits = needed_splits(spec, training_args)
     if data_args.glue_dir:
         return glue.load_glue_dir(spec, data_args.glue_dir, splits), spec
-    return glue.load_glue_hub(spec, splits, cache_dir=model_args.cache_dir), spec
+    with refuse_load_errors("--task_name", spec.name):  # the hub's GLUE copy: no network, a proxy error, ...
+        return glue.load_glue_hub(spec, splits, cache_dir=model_args.cache_dir), spec
+
+
+@contextlib.contextmanager
+def refuse_load_errors(option: str, name_or_path: str):
+    """Turn a failed hub lookup or download (unknown model id, no network, private repo without --token) into
+    one UsageError line. transformers and huggingface_hub raise these as OSError subclasses, with several
+    lines of advice; local directories were checked at start-up, so what reaches here is mostly the hub."""
+    try:
+        yield
+    except OSError as err:
+        raise UsageError(f"{option} {name_or_path!r} could not be loaded: {one_line(err)}") from None
 
 
 def last_checkpoint_to_resume(training_args, overwrite: bool) -> str | None:
@@ -305,24 +334,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         token=model_args.token,
         trust_remote_code=model_args.trust_remote_code,
     )
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        num_labels=spec.num_labels,
-        finetuning_task=spec.name,
-        **hub_kwargs,
-    )
+    config_source = model_args.config_name or model_args.model_name_or_path
+    with refuse_load_errors("--config_name" if model_args.config_name else "--model_name_or_path", config_source):
+        config = AutoConfig.from_pretrained(
+            config_source, num_labels=spec.num_labels, finetuning_task=spec.name, **hub_kwargs
+        )
     if not spec.is_regression:
         config.label2id = {name: index for index, name in enumerate(spec.label_names)}
         config.id2label = dict(enumerate(spec.label_names))
     else:
         config.problem_type = "regression"
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub_kwargs)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        **hub_kwargs,
-    )
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    tokenizer_option = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+    with refuse_load_errors(tokenizer_option, tokenizer_source):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **hub_kwargs)
+    with refuse_load_errors("--model_name_or_path", model_args.model_name_or_path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **hub_kwargs,
+        )
 
     max_seq_length = data_args.max_seq_length
     if max_seq_length > tokenizer.model_max_length:

@@ -8,7 +8,7 @@
 # Environment (default in brackets):
 #   MODEL_DIR         model directory to fine-tune, e.g. the distilled student (required)
 #   TASKS             ["qnli qqp rte sst2 mnli"]  GLUE tasks and/or tweet_sentiment, bbc_news
-#   GLUE_DIR          GLUE TSV root (SST-2/, MRPC/, ...) [unset: the hub, when online]
+#   GLUE_DIR          GLUE TSV root (SST-2/, MRPC/, ...) [unset: the hub; refused if HF_HUB_OFFLINE=1]
 #   OFFLINE_DATA_DIR  raw files of the offline tasks [$MINILMV2_ASSETS/tasks or .assets/tasks]
 #   LEARNING_RATES    ["2e-5 3e-5 4e-5 1e-5 1.5e-5"]
 #   EPOCHS            ["3 5 10"]
@@ -66,14 +66,17 @@ done
 for seed in "${seed_list[@]}"; do
     [[ "$seed" =~ ^[0-9]+$ ]] || die "seed '$seed' in SEEDS is not a non-negative integer"
 done
-# Task names are checked once here (one plain line, status 2) rather than failing every run of the sweep.
-"$PYTHON" - "${task_list[@]}" <<'EOF' || exit 2
+# Task names and each task's data are checked once here (one plain line, status 2) rather than failing every
+# run of the sweep: GLUE tasks need their TSV files under GLUE_DIR, or the hub (so not HF_HUB_OFFLINE=1) when
+# GLUE_DIR is unset; the offline tasks need their raw files (minilmv2.sweep_summary.check_sweep_tasks).
+"$PYTHON" - "$GLUE_DIR" "$OFFLINE_DATA_DIR" "${task_list[@]}" <<'EOF' || exit 2
 import sys
+
 from minilmv2.errors import UsageError
-from minilmv2.glue import get_task
+from minilmv2.sweep_summary import check_sweep_tasks
+
 try:
-    for name in sys.argv[1:]:
-        get_task(name)
+    check_sweep_tasks(sys.argv[3:], glue_dir=sys.argv[1], offline_data_dir=sys.argv[2])
 except UsageError as err:
     sys.exit(f"error: {err}")
 EOF
@@ -103,7 +106,8 @@ for task in "${task_list[@]}"; do
                 mkdir -p "$run_dir"
                 rm -f "$record"
                 # --overwrite_output_dir: the sweep decided to (re)run this cell, so old results must go.
-                HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" "$PYTHON" "$REPO_DIR/hf_run_evaluation.py" \
+                # The user's environment decides online/offline (HF_HUB_OFFLINE); nothing is forced here.
+                "$PYTHON" "$REPO_DIR/hf_run_evaluation.py" \
                     --model_name_or_path "$MODEL_DIR" \
                     --task_name "$task" \
                     "${data_args[@]}" \

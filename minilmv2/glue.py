@@ -372,10 +372,16 @@ def load_data_files(files: dict[str, str], spec: TaskSpec | None, cache_dir: str
             dataset = dataset.cast_column("label", datasets.Value("float32"))
         elif not isinstance(dataset.features["label"], datasets.ClassLabel):
             names = list(spec.label_names)
-            unknown = sorted({str(v) for v in dataset["label"]} - set(names))
-            if unknown:
-                raise UsageError(f"{split} file has labels {unknown[:5]} not among {names}")
-            label_ids = [names.index(str(value)) for value in dataset["label"]]
+            values = dataset["label"]
+            if {str(value) for value in values} <= set(names):  # labels written as class names
+                label_ids = [names.index(str(value)) for value in values]
+            elif all(_is_int(value) and 0 <= value < len(names) for value in values):
+                label_ids = list(values)  # already class ids, as in GLUE's own files (sst2: 0/1, mnli: 0/1/2)
+            else:
+                unknown = sorted({str(v) for v in values} - set(names))
+                raise UsageError(
+                    f"{split} file has labels {unknown[:5]} not among {names} (nor class ids 0..{len(names) - 1})"
+                )
             dataset = dataset.remove_columns("label").add_column("label", label_ids)
             dataset = dataset.cast_column("label", datasets.ClassLabel(names=names))
         out[split] = dataset
@@ -395,8 +401,14 @@ def _infer_file_task(raw) -> TaskSpec:
         raise UsageError("data files need at least one text column besides 'label'")
     if first.features["label"].dtype in ("float32", "float64"):
         return TaskSpec("custom", text_keys, None, "pearson")
-    names = sorted({str(v) for split in raw.values() for v in split["label"]})
+    values = {v for split in raw.values() for v in split["label"]}
+    # Integer labels sort as numbers (as run_glue: 2 before 10), anything else as text.
+    names = [str(v) for v in sorted(values)] if all(_is_int(v) for v in values) else sorted(map(str, values))
     return TaskSpec("custom", text_keys, tuple(names), "accuracy")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class SweepRun:
     status: str
     score: float | None
     run_dir: Path
+    note: str = ""  # why a run counts as failed, when its files say more than its exit status
 
 
 @dataclass
@@ -66,32 +68,54 @@ def main_metric(task: str) -> str:
 
 
 def read_runs(sweep_dir: Path) -> list[SweepRun]:
-    """Every run recorded under `sweep_dir`. A run marked ok without a usable score counts as failed."""
+    """Every run recorded under `sweep_dir`. A run marked ok without a usable score counts as failed.
+
+    A record or result file that cannot be read (a run killed while writing it, a disk filled up) marks that
+    run failed with a note, taking task, learning rate, epochs and seed from the folder names, so one bad file
+    costs one run, not the summary.
+    """
     runs = []
     for record_path in sorted(sweep_dir.glob(f"*/*/{RUN_RECORD}")):
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        score = None
-        status = record["status"]
-        results_path = record_path.parent / "eval_results.json"
+        run_dir = record_path.parent
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            task, lr, epochs, seed, status = (
+                str(record[key]) for key in ("task", "learning_rate", "epochs", "seed", "status")
+            )
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+            task, lr, epochs, seed = _run_from_folder(run_dir)
+            runs.append(SweepRun(task, lr, epochs, seed, "failed", None, run_dir, f"unreadable {RUN_RECORD} ({err})"))
+            continue
+        score, note = None, ""
         if status == "ok":
-            results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-            value = results.get(f"eval_{main_metric(record['task'])}")
+            results_path = run_dir / "eval_results.json"
+            try:
+                results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
+                value = results.get(f"eval_{main_metric(task)}")
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+                value, note = None, f"unreadable eval_results.json ({err})"
             if isinstance(value, int | float) and math.isfinite(value):
                 score = 100.0 * value
             else:
                 status = "failed"  # finished but without the metric (e.g. NaN Pearson of constant outputs)
-        runs.append(
-            SweepRun(
-                record["task"],
-                str(record["learning_rate"]),
-                str(record["epochs"]),
-                str(record["seed"]),
-                status,
-                score,
-                record_path.parent,
-            )
-        )
+                note = note or f"no finite eval_{main_metric(task)} in eval_results.json"
+        runs.append(SweepRun(task, lr, epochs, seed, status, score, run_dir, note))
     return runs
+
+
+def _as_number(text: str) -> float:
+    """Sort key for learning rates and epochs; a value that is no number (an unreadable run's "?") goes last."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf
+
+
+def _run_from_folder(run_dir: Path) -> tuple[str, str, str, str]:
+    """(task, learning rate, epochs, seed) from run_eval.sh's folder names <task>/lr<LR>_ep<EPOCHS>_seed<SEED>."""
+    match = re.fullmatch(r"lr(.+)_ep(.+)_seed(.+)", run_dir.name)
+    lr, epochs, seed = match.groups() if match else ("?", "?", "?")
+    return run_dir.parent.name, lr, epochs, seed
 
 
 def best_per_task(runs: list[SweepRun]) -> list[TaskBest]:
@@ -199,7 +223,9 @@ def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: st
     if failed:
         lines += ["", f"Failed runs ({len(failed)}); see run.log in each folder:", ""]
         lines += [
-            f"- {run.task} lr {run.learning_rate} epochs {run.epochs} seed {run.seed}: {run.run_dir}" for run in failed
+            f"- {run.task} lr {run.learning_rate} epochs {run.epochs} seed {run.seed}: {run.run_dir}"
+            + (f" ({run.note})" if run.note else "")
+            for run in failed
         ]
     lines += ["", "Heatmaps: " + ", ".join(f"[{b.task}](heatmap_{b.task}.png)" for b in bests), ""]
     return "\n".join(lines)
@@ -213,8 +239,8 @@ def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBes
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rates = sorted({run.learning_rate for run in task_runs}, key=float)
-    epochs = sorted({run.epochs for run in task_runs}, key=float)
+    rates = sorted({run.learning_rate for run in task_runs}, key=_as_number)
+    epochs = sorted({run.epochs for run in task_runs}, key=_as_number)
     cells = cell_scores(task_runs)
     grid = np.full((len(rates), len(epochs)), np.nan)
     for (lr, ep), score in cells.items():
@@ -268,6 +294,32 @@ def summarise(sweep_dir: str | Path, model_name: str | None = None, tasks: list[
         plot_heatmap(path, best.task, [run for run in runs if run.task == best.task], best)
         written.append(path)
     return written
+
+
+def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: str = "") -> None:
+    """run_eval.sh's pre-check: UsageError, in the sweep's own terms, unless every task and its data exist.
+
+    GLUE tasks need train.tsv and their dev file(s) under GLUE_DIR (every sweep run trains and evaluates) or,
+    with GLUE_DIR unset, the hub (refused under HF_HUB_OFFLINE=1); the offline tasks need their raw files.
+    Checking once here turns a missing file into one line, not a sweep of failed runs.
+    """
+    from huggingface_hub import constants
+
+    try:
+        for name in tasks:
+            spec = glue.get_task(name)
+            if spec.name in glue.OFFLINE_TASKS:
+                glue.offline_task_paths(spec, offline_data_dir or glue.default_offline_data_dir())
+            elif glue_dir:
+                glue.glue_tsv_paths(spec, glue_dir, ["train", *spec.eval_splits])
+            elif constants.HF_HUB_OFFLINE:
+                raise UsageError(
+                    f"task {spec.name!r} needs GLUE data, but GLUE_DIR is not set and HF_HUB_OFFLINE is on; "
+                    "set GLUE_DIR to the GLUE TSV root (SST-2/, MRPC/, ...) or unset HF_HUB_OFFLINE to use the hub"
+                )
+    except UsageError as err:  # glue names hf_run_evaluation.py's options; the sweep is set by variables
+        message = str(err).replace("--glue_dir", "GLUE_DIR").replace("--offline_data_dir", "OFFLINE_DATA_DIR")
+        raise UsageError(" ".join(message.split())) from None
 
 
 @exit_on_usage_error

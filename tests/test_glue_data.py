@@ -127,6 +127,52 @@ def test_unknown_task_lists_the_valid_ones():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# csv / json files (run_glue's --train_file / --validation_file)
+
+
+def write_csv(path: Path, header: str, rows: list[str]) -> str:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return str(path)
+
+
+def test_glue_task_csv_with_glue_integer_labels_reads_them_as_class_ids(tmp_path):
+    # GLUE's own files (and the hub's export) write sst2 labels as 0/1 and mnli's as 0/1/2, not as names.
+    files = {
+        "train": write_csv(tmp_path / "train.csv", "sentence,label", ["bad film,0", "fine film,1", "dull,0"]),
+        "validation": write_csv(tmp_path / "dev.csv", "sentence,label", ["great,1", "awful,0"]),
+    }
+    data, spec = glue.load_data_files(files, glue.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
+    assert spec is glue.TASKS["sst2"]
+    assert data["train"]["label"] == [0, 1, 0] and data["validation"]["label"] == [1, 0]
+    assert data["train"].features["label"].names == ["negative", "positive"]
+    rows = ["a,b,2", "c,d,0", "e,f,1"]
+    mnli = {"train": write_csv(tmp_path / "mnli.csv", "premise,hypothesis,label", rows)}
+    data, _ = glue.load_data_files(mnli, glue.TASKS["mnli"], cache_dir=str(tmp_path / "cache"))
+    assert data["train"]["label"] == [2, 0, 1]  # hub order: entailment, neutral, contradiction
+
+    # class names still work, and an id outside the task's classes is refused with the offending value
+    names = {"train": write_csv(tmp_path / "names.csv", "sentence,label", ["x,positive", "y,negative"])}
+    data, _ = glue.load_data_files(names, glue.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
+    assert data["train"]["label"] == [1, 0]
+    out_of_range = {"train": write_csv(tmp_path / "bad.csv", "sentence,label", ["x,0", "y,2"])}
+    with pytest.raises(UsageError, match=r"labels \['0', '2'\] not among \['negative', 'positive'\]"):
+        glue.load_data_files(out_of_range, glue.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
+
+
+def test_custom_csv_integer_labels_sort_as_numbers(tmp_path):
+    files = {
+        "train": write_csv(tmp_path / "train.csv", "text,label", ["a,10", "b,2", "c,1", "d,2"]),
+        "validation": write_csv(tmp_path / "dev.csv", "text,label", ["e,1", "f,10"]),
+    }
+    data, spec = glue.load_data_files(files, None, cache_dir=str(tmp_path / "cache"))
+    assert spec.label_names == ("1", "2", "10")  # as strings they would sort 1, 10, 2
+    assert data["train"]["label"] == [2, 1, 0, 1] and data["validation"]["label"] == [0, 2]
+    words = {"train": write_csv(tmp_path / "words.csv", "text,label", ["a,yes", "b,no", "c,maybe"])}
+    _, spec = glue.load_data_files(words, None, cache_dir=str(tmp_path / "cache"))
+    assert spec.label_names == ("maybe", "no", "yes")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Offline tasks on a small synthetic copy of the raw layout
 
 

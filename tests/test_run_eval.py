@@ -1,5 +1,5 @@
 """run_eval.sh end to end: a short real sweep (2 learning rates x 1 epoch, tiny BERT, GLUE TSV fixtures) in which
-one task has no data, so its runs fail; the sweep must go on and summarise."""
+one task's data is broken (a label it does not know), so its runs fail; the sweep must go on and summarise."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from fixtures.glue.offline_raw import write_bbc_folders
 from fixtures.glue.tiny_bert import write_tiny_bert
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +20,10 @@ GLUE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_sweep(env_overrides: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": str(REPO_ROOT / ".venv" / "bin" / "python"), **env_overrides}
+def run_sweep(env_overrides: dict[str, str], drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable, **env_overrides}
+    for name in drop:
+        env.pop(name, None)
     return subprocess.run(
         ["bash", str(REPO_ROOT / "run_eval.sh")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
     )
@@ -27,10 +31,14 @@ def run_sweep(env_overrides: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """One sweep: sst2 (data present) and rte (no RTE folder: every run fails), lrs 1e-3 and 3e-2, 1 epoch."""
+    """One sweep: sst2 (data fine) and rte (its files exist, but train.tsv has a label RTE does not know, so
+    every rte run fails when it reads the data), lrs 1e-3 and 3e-2, 1 epoch."""
     root = tmp_path_factory.mktemp("sweep")
     model = write_tiny_bert(root / "student")
     shutil.copytree(GLUE_FIXTURES / "SST-2", root / "glue" / "SST-2")
+    shutil.copytree(GLUE_FIXTURES / "RTE", root / "glue" / "RTE")
+    with open(root / "glue" / "RTE" / "train.tsv", "a") as handle:
+        handle.write("99\tA b.\tA.\tcontradiction\n")
     env = {
         "MODEL_DIR": str(model),
         "TASKS": "sst2 rte",
@@ -56,8 +64,8 @@ def test_failed_runs_are_marked_and_the_sweep_goes_on(sweep):
         ("rte", "1e-3"): "failed",
         ("rte", "3e-2"): "failed",
     }
-    assert all(r["exit_code"] == 2 for r in records if r["status"] == "failed")  # refused: no RTE data
-    assert "lacks" in (out / "rte" / "lr1e-3_ep1_seed7" / "run.log").read_text()
+    assert all(r["exit_code"] == 2 for r in records if r["status"] == "failed")  # refused: bad RTE label
+    assert "label 'contradiction' is not one of" in (out / "rte" / "lr1e-3_ep1_seed7" / "run.log").read_text()
     results = json.loads((out / "sst2" / "lr3e-2_ep1_seed7" / "all_results.json").read_text())
     assert results["train_samples"] == 8 and "eval_accuracy" in results
 
@@ -129,6 +137,74 @@ def test_bad_settings_are_refused_in_one_line(sweep, tmp_path, overrides, fragme
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_task_data_is_refused_before_any_run(sweep, tmp_path):
+    """Each task's data is checked up front: one line and status 2, not a sweep of failed runs."""
+    _, env, _ = sweep
+    only_sst2 = tmp_path / "glue"
+    shutil.copytree(GLUE_FIXTURES / "SST-2", only_sst2 / "SST-2")
+    shutil.copytree(GLUE_FIXTURES / "RTE", only_sst2 / "RTE")
+    (only_sst2 / "SST-2" / "dev.tsv").unlink()
+    result = run_sweep({**env, "OUTPUT_DIR": str(tmp_path / "out"), "TASKS": "rte sst2", "GLUE_DIR": str(only_sst2)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: GLUE folder") and "SST-2/dev.tsv" in lines[0] and "task 'sst2' needs" in lines[0]
+    assert "Sweep:" not in result.stdout and not (tmp_path / "out").exists()
+
+
+def test_sweep_data_check_names_what_is_missing(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from minilmv2.errors import UsageError
+    from minilmv2.sweep_summary import check_sweep_tasks
+
+    glue_dir = tmp_path / "glue"
+    shutil.copytree(GLUE_FIXTURES / "RTE", glue_dir / "RTE")
+    shutil.copytree(GLUE_FIXTURES / "MNLI", glue_dir / "MNLI")
+    (glue_dir / "MNLI" / "dev_mismatched.tsv").unlink()
+    write_bbc_folders(tmp_path / "tasks")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    check_sweep_tasks(["rte", "bbc_news"], str(glue_dir), str(tmp_path / "tasks"))  # all there: no error
+    cases = [
+        (["rte", "mnli"], str(glue_dir), "", ["MNLI/dev_mismatched.tsv", "task 'mnli' needs"]),
+        (["rte", "qnli"], str(glue_dir), "", ["QNLI/train.tsv", "QNLI/dev.tsv"]),
+        (["rte"], str(tmp_path / "nowhere"), "", ["GLUE_DIR", "nowhere", "not a directory"]),
+        (["bbc_news"], "", str(tmp_path), ["OFFLINE_DATA_DIR", "topic folder"]),
+        (["bbc_news", "tweet_sentiment"], "", str(tmp_path / "tasks"), ["OFFLINE_DATA_DIR", "tweet_sentiment/"]),
+        (["bbc_news", "rte"], "", str(tmp_path / "tasks"), ["task 'rte' needs GLUE data", "HF_HUB_OFFLINE is on"]),
+        (["rte", "sst-3"], str(glue_dir), "", ["unknown task 'sst-3'"]),
+    ]
+    for tasks, glue_root, offline_root, fragments in cases:
+        with pytest.raises(UsageError) as error:
+            check_sweep_tasks(tasks, glue_root, offline_root)
+        message = str(error.value)
+        assert "\n" not in message and "--glue_dir" not in message and "--offline_data_dir" not in message
+        assert all(fragment in message for fragment in fragments), (fragments, message)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    check_sweep_tasks(["rte", "sst2"], "", "")  # online: GLUE from the hub, nothing to check locally
+
+
+def test_hub_mode_is_left_to_the_user(sweep, tmp_path):
+    """run_eval.sh must not set HF_HUB_OFFLINE itself: without GLUE_DIR the GLUE tasks come from the hub.
+
+    PYTHON is a wrapper that records the HF_HUB_OFFLINE each fine-tuning run sees, then fails the run (this
+    test needs no network); everything else (pre-check, summary) goes to the real interpreter."""
+    _, env, _ = sweep
+    seen = tmp_path / "seen.txt"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [[ "${1:-}" == *hf_run_evaluation.py ]]; then\n'
+        f'    echo "${{HF_HUB_OFFLINE-unset}}" >> "{seen}"; exit 3\n'
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    overrides = {"OUTPUT_DIR": str(tmp_path / "out"), "TASKS": "sst2", "GLUE_DIR": "", "PYTHON": str(wrapper)}
+    result = run_sweep({**env, **overrides}, drop=("HF_HUB_OFFLINE",))
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # both runs "failed" (exit 3)
+    assert seen.read_text().split() == ["unset", "unset"]
+
+
 def write_record(sweep_dir: Path, task: str, lr: str, epochs: str, seed: str, accuracy: float | None) -> None:
     """A run folder as run_eval.sh leaves it; accuracy None = a failed run (no results)."""
     run_dir = sweep_dir / task / f"lr{lr}_ep{epochs}_seed{seed}"
@@ -158,3 +234,28 @@ def test_summary_takes_the_median_over_seeds_and_breaks_ties_cheaply(tmp_path):
     assert float(row["best_dev_score"]) == pytest.approx(80.0)
     assert (row["learning_rate"], row["epochs"], row["seeds"]) == ("2e-5", "3", "3")
     assert (row["runs_ok"], row["runs_failed"]) == ("8", "1")
+
+
+def test_a_corrupt_run_record_marks_that_run_failed(tmp_path, capsys):
+    from minilmv2.sweep_summary import main
+
+    write_record(tmp_path, "qnli", "2e-5", "3", "1", 0.80)
+    write_record(tmp_path, "qnli", "3e-5", "3", "1", 0.90)
+    (tmp_path / "qnli" / "lr3e-5_ep3_seed1" / "sweep_run.json").write_text('{"task": "qnli", "status": "o')  # cut off
+    write_record(tmp_path, "qnli", "1e-5", "3", "1", 0.95)
+    (tmp_path / "qnli" / "lr1e-5_ep3_seed1" / "eval_results.json").write_bytes(b"\x00\x00")  # disk filled up
+    main([str(tmp_path), "--tasks", "qnli"])
+    with open(tmp_path / "runs.csv", newline="") as handle:
+        runs = {row["learning_rate"]: row for row in csv.DictReader(handle)}
+    assert {lr: (row["task"], row["epochs"], row["seed"], row["status"]) for lr, row in runs.items()} == {
+        "2e-5": ("qnli", "3", "1", "ok"),
+        "3e-5": ("qnli", "3", "1", "failed"),  # task, lr, epochs, seed read from the folder names
+        "1e-5": ("qnli", "3", "1", "failed"),
+    }
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    best = (row["best_dev_score"], row["learning_rate"], row["runs_ok"], row["runs_failed"])
+    assert best == ("80.0000", "2e-5", "1", "2")
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "lr3e-5_ep3_seed1 (unreadable sweep_run.json (" in markdown
+    assert "lr1e-5_ep3_seed1 (unreadable eval_results.json (" in markdown
