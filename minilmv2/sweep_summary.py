@@ -314,8 +314,9 @@ def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: st
                 glue.glue_tsv_paths(spec, glue_dir, ["train", *spec.eval_splits])
             elif constants.HF_HUB_OFFLINE:
                 raise UsageError(
-                    f"task {spec.name!r} needs GLUE data, but GLUE_DIR is not set and HF_HUB_OFFLINE is on; "
-                    "set GLUE_DIR to the GLUE TSV root (SST-2/, MRPC/, ...) or unset HF_HUB_OFFLINE to use the hub"
+                    f"task {spec.name!r} needs GLUE data, but GLUE_DIR is not set and HF_HUB_OFFLINE is on "
+                    "(or TRANSFORMERS_OFFLINE); set GLUE_DIR to the GLUE TSV root (SST-2/, MRPC/, ...) or unset "
+                    "both to use the hub"
                 )
     except UsageError as err:  # glue names hf_run_evaluation.py's options; the sweep is set by variables
         message = str(err).replace("--glue_dir", "GLUE_DIR").replace("--offline_data_dir", "OFFLINE_DATA_DIR")

@@ -200,7 +200,7 @@ def test_hub_mode_is_left_to_the_user(sweep, tmp_path):
     )
     wrapper.chmod(0o755)
     overrides = {"OUTPUT_DIR": str(tmp_path / "out"), "TASKS": "sst2", "GLUE_DIR": "", "PYTHON": str(wrapper)}
-    result = run_sweep({**env, **overrides}, drop=("HF_HUB_OFFLINE",))
+    result = run_sweep({**env, **overrides}, drop=("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # both runs "failed" (exit 3)
     assert seen.read_text().split() == ["unset", "unset"]
 
