@@ -20,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ASSETS = Path(os.environ.get("MINILMV2_ASSETS", REPO / ".assets"))
+from minilmv2.assets import default_dest
+
+ASSETS = default_dest()
 
 
 def child(implementation: str, argv: list[str]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,16 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_algorithm import ReferenceMiniLM  # noqa: E402
 
 from minilmv2 import MiniLM, build_student, student_config_from_teacher  # noqa: E402
+from minilmv2.assets import default_dest  # noqa: E402
 from minilmv2.relations import use_compiled_chunks  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RELATIONS = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
 
 
 def load_models(args, attn_implementation: str, seed: int = 0):
     """Teacher and student, identical weights on every call with the same seed."""
     torch.manual_seed(seed)
-    assets = Path(os.environ.get("MINILMV2_ASSETS", REPO / ".assets")) / "teacher"
+    assets = default_dest() / "teacher"
     layers, hidden = (int(x) for x in args.teacher_shape.split("x"))
     if args.teacher_shape == "6x384" and (assets / "config.json").exists():
         teacher = AutoModel.from_pretrained(assets, attn_implementation=attn_implementation)

@@ -465,13 +465,20 @@ def parse_parts(only: str | None) -> list[str]:
 
 
 def default_dest() -> Path:
-    return Path(os.environ.get("MINILMV2_ASSETS", ".assets"))
+    """The one place the assets live: $MINILMV2_ASSETS, else <repo>/.assets (whatever the working directory).
+
+    Everything that reads assets (the GLUE loader's offline tasks, the quickstart, the benchmarks, the tests)
+    calls this, so a fetch and its readers always agree.
+    """
+    return Path(os.environ.get("MINILMV2_ASSETS", Path(__file__).resolve().parents[1] / ".assets")).resolve()
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dest", type=Path, default=None, help="assets folder (default $MINILMV2_ASSETS or ./.assets)")
+    parser.add_argument(
+        "--dest", type=Path, default=None, help="assets folder (default $MINILMV2_ASSETS or <repo>/.assets)"
+    )
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(PARTS)} (default all)")
     args = parser.parse_args(argv)
     parts = parse_parts(args.only)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +181,10 @@ def get_task(name: str) -> TaskSpec:
 
 
 def default_offline_data_dir() -> Path:
-    """$MINILMV2_ASSETS/tasks when set, else <repo>/.assets/tasks (where `make assets` puts them)."""
-    assets = os.environ.get("MINILMV2_ASSETS")
-    root = Path(assets) if assets else Path(__file__).resolve().parents[1] / ".assets"
-    return root / "tasks"
+    """The `tasks` folder of the offline assets (see `minilmv2.assets.default_dest`)."""
+    from minilmv2.assets import default_dest
+
+    return default_dest() / "tasks"
 
 
 # ---------------------------------------------------------------------------------------------------------

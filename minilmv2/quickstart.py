@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from minilmv2.assets import default_dest
 from minilmv2.errors import UsageError, exit_on_usage_error
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +275,7 @@ def prepare_output_dir(out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=Path("runs/quickstart"))
-    parser.add_argument("--assets", type=Path, default=Path(os.environ.get("MINILMV2_ASSETS", ".assets")))
+    parser.add_argument("--assets", type=Path, default=default_dest())
     args = parser.parse_args(argv)
     parts = check_assets(args.assets.resolve())
     out_dir = args.output_dir.resolve()

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from minilmv2.assets import default_dest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def assets_dir() -> Path:
     """The assets folder: $MINILMV2_ASSETS, else <repo>/.assets (where `make assets` puts them)."""
-    return Path(os.environ.get("MINILMV2_ASSETS", REPO_ROOT / ".assets")).resolve()
+    return default_dest()
 
 
 def require_asset(part: str) -> Path:
