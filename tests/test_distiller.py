@@ -134,7 +134,8 @@ def test_appending_padding_does_not_change_loss(arch):
     long["input_ids"][:, :6] = short["input_ids"]
     if "token_type_ids" in short:
         long["token_type_ids"] = torch.cat([short["token_type_ids"], torch.zeros(2, 5, dtype=torch.long)], 1)
-    assert relative_error(distiller(**long).loss, distiller(**short).loss) < 1e-5
+    # fp32 relation math on a loss near 1e-3 (two close distributions): relative rounding is ~1e-5 on some CPUs.
+    assert relative_error(distiller(**long).loss, distiller(**short).loss) < 1e-4
 
 
 def test_runs_only_what_the_loss_needs():
