@@ -11,7 +11,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from minilmv2.architectures import embedding_modules, encoder_layers, layout_for, qkv_projection, qkv_states
-from minilmv2.relations import KEY, KIND_NAMES, QUERY, VALUE, relation_loss
+from minilmv2.relations import KEY, KIND_NAMES, QUERY, VALUE, check_kernel, relation_loss
 
 # The reference's default: Q-Q, K-K and V-V relations with weight 1 each.
 DEFAULT_RELATIONS: dict[tuple[int, int], float] = {(QUERY, QUERY): 1.0, (KEY, KEY): 1.0, (VALUE, VALUE): 1.0}
@@ -71,6 +71,7 @@ class MiniLM(nn.Module):
         relations: Mapping[tuple[int, int], float] | None = None,
         A_r: int = 48,
         chunk_elements: int | None = None,
+        kernel: str = "auto",
     ):
         super().__init__()
         self.relations = validate_relations(DEFAULT_RELATIONS if relations is None else relations)
@@ -102,6 +103,7 @@ class MiniLM(nn.Module):
         self.teacher, self.student = teacher, student
         self.L, self.M, self.A_r = L, M, A_r
         self.chunk_elements = chunk_elements
+        self.kernel = check_kernel(kernel)  # relation-loss implementation, see minilmv2.relations.KERNELS
         self.kinds = {kind for pair in self.relations for kind in pair}
 
         self.teacher.requires_grad_(False)
@@ -163,6 +165,7 @@ class MiniLM(nn.Module):
             self.relations,
             self.A_r,
             self.chunk_elements,
+            kernel=self.kernel,
         )
         return MiniLMOutput(loss=loss)
 

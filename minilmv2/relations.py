@@ -122,12 +122,32 @@ def relation_kl_chunk(
 
 # Set by `use_compiled_chunks`; the plain PyTorch function above is the reference path.
 _chunk_fn: Callable = relation_kl_chunk
+_compiled_chunk_fn: Callable | None = None
+
+# "auto": the Triton kernel on CUDA when triton imports, else the PyTorch chunk path; "torch": the PyTorch chunk
+# path (the reference); "compile": the same chunk math through torch.compile; "triton": the fused kernel.
+KERNELS = ("auto", "torch", "compile", "triton")
 
 
 def use_compiled_chunks(enabled: bool = True) -> None:
     """Run the chunk math through torch.compile (fuses the elementwise passes over the S x S tensors)."""
     global _chunk_fn
-    _chunk_fn = torch.compile(relation_kl_chunk) if enabled else relation_kl_chunk
+    _chunk_fn = _compiled_chunks() if enabled else relation_kl_chunk
+
+
+def _compiled_chunks() -> Callable:
+    # Compiled once per process, on first use: compiling costs seconds and most runs never ask for it.
+    global _compiled_chunk_fn
+    if _compiled_chunk_fn is None:
+        _compiled_chunk_fn = torch.compile(relation_kl_chunk)
+    return _compiled_chunk_fn
+
+
+def check_kernel(kernel: str) -> str:
+    """Return `kernel` if it names a relation-loss implementation; ValueError in one line otherwise."""
+    if kernel not in KERNELS:
+        raise ValueError(f"relation kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    return kernel
 
 
 class _RelationKL(torch.autograd.Function):
@@ -144,6 +164,7 @@ class _RelationKL(torch.autograd.Function):
         num_relation_heads: int,
         chunk_elements: int,
         grad_enabled: bool,
+        chunk_fn: Callable,
     ) -> torch.Tensor:
         batch, seq = key_mask.shape
         heads = num_relation_heads
@@ -170,7 +191,7 @@ class _RelationKL(torch.autograd.Function):
         with torch.autocast(key_mask.device.type, enabled=False):
             for start in range(0, batch * heads, groups_per_chunk):
                 part = slice(start, start + groups_per_chunk)
-                chunk_loss, chunk_grad_left, chunk_grad_right = _chunk_fn(
+                chunk_loss, chunk_grad_left, chunk_grad_right = chunk_fn(
                     t_left[part],
                     t_right[part],
                     s_left[part],
@@ -193,7 +214,7 @@ class _RelationKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_left, grad_right = ctx.saved_tensors
-        return None, None, grad_output * grad_left, grad_output * grad_right, None, None, None, None
+        return None, None, grad_output * grad_left, grad_output * grad_right, None, None, None, None, None
 
 
 def relation_pair_loss(
@@ -204,6 +225,7 @@ def relation_pair_loss(
     key_mask: torch.Tensor,
     num_relation_heads: int,
     chunk_elements: int | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """L_ij of formula (7): relation KL between teacher and student for one pair of vector kinds.
 
@@ -213,8 +235,13 @@ def relation_pair_loss(
         key_mask: (B, S), true for real tokens; any padding side, and fully padded rows, are fine.
         num_relation_heads: A_r; must divide H_t and H_s.
         chunk_elements: bound on the elements of one (groups, S, S) fp32 tensor; None picks one per device.
+        kernel: one of `KERNELS` (see there).
     Returns: fp32 scalar.
     """
+    check_kernel(kernel)
+    if kernel == "triton":
+        raise NotImplementedError("the Triton relation kernel is not available yet; use kernel='torch'")
+    chunk_fn = _compiled_chunks() if kernel == "compile" else _chunk_fn
     if chunk_elements is None:
         chunk_elements = DEFAULT_CHUNK_ELEMENTS.get(key_mask.device.type, DEFAULT_CHUNK_ELEMENTS["cuda"])
     return _RelationKL.apply(
@@ -226,6 +253,7 @@ def relation_pair_loss(
         num_relation_heads,
         chunk_elements,
         torch.is_grad_enabled(),
+        chunk_fn,
     )
 
 
@@ -236,10 +264,11 @@ def relation_loss(
     relations: Mapping[tuple[int, int], float],
     num_relation_heads: int,
     chunk_elements: int | None = None,
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
     """Formula (8): sum over relation pairs (i, j) of weight * L_ij.
 
-    Args: *_states map a vector kind (1=Q, 2=K, 3=V) to (B, S, H) states; key_mask (B, S).
+    Args: *_states map a vector kind (1=Q, 2=K, 3=V) to (B, S, H) states; key_mask (B, S); kernel: see `KERNELS`.
     Returns: the total (fp32 scalar) and each pair's unweighted loss.
     """
     pair_losses = {
@@ -251,6 +280,7 @@ def relation_loss(
             key_mask,
             num_relation_heads,
             chunk_elements,
+            kernel,
         )
         for (i, j) in relations
     }
