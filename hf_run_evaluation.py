@@ -3,7 +3,8 @@
 
 It reads like Hugging Face's examples/pytorch/text-classification/run_glue.py, rewritten for transformers 5
 and for machines without the hub: GLUE comes from the standard TSV folder, csv/json files or (online) the hub,
-metrics are computed with scikit-learn/scipy, and two real tasks need no GLUE at all.
+metrics are the repository's evaluate modules (metrics/glue, ...: scikit-learn/scipy underneath, loaded by path
+offline), and two real tasks need no GLUE at all.
 
     # GLUE from the TSV layout (GLUE_DIR/SST-2/{train,dev}.tsv, ...)
     python hf_run_evaluation.py --model_name_or_path runs/student --task_name sst2 --glue_dir GLUE_DIR \\
@@ -387,10 +388,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.do_eval:
         eval_datasets = {split: prepare(split, data_args.max_eval_samples) for split in spec.eval_splits}
 
+    # As run_glue's `evaluate.load("glue", task)`, from the repository's metrics/ folder (works offline).
+    metric = glue.load_task_metric(spec)
+
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         predicted = np.squeeze(logits, axis=-1) if spec.is_regression else np.argmax(logits, axis=-1)
-        return glue.compute_metrics(spec, predicted, prediction.label_ids)
+        return metric.compute(predictions=predicted, references=prediction.label_ids)
 
     # Dynamic padding pads each batch to its longest input; padding to a multiple of 8 helps tensor cores.
     if data_args.pad_to_max_length:

@@ -10,9 +10,10 @@ Data sources, in the order the script tries them:
   - the offline tasks `tweet_sentiment` and `bbc_news`, split here from their raw files;
   - the hub (`nyu-mll/glue`) when the machine is online.
 
-Metrics are the GLUE metric computed offline with scikit-learn/scipy (the `evaluate` library needs the hub):
-cola -> Matthews correlation, stsb -> Pearson and Spearman, mrpc/qqp -> accuracy and F1, the rest -> accuracy,
-plus `combined_score` (their mean) where a task has several.
+Metrics are `evaluate` modules shipped in the repository (metrics/glue, metrics/text_classification, ...;
+the hub's copies cannot load offline), computed with scikit-learn/scipy: cola -> Matthews correlation,
+stsb -> Pearson and Spearman, mrpc/qqp -> accuracy and F1, the rest -> accuracy, plus `combined_score`
+(their mean) where a task has several.
 """
 
 from __future__ import annotations
@@ -532,43 +533,32 @@ def load_offline_task(spec: TaskSpec, data_dir: str | Path):
 # Metrics
 
 
-def compute_metrics(spec: TaskSpec, predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
-    """The task's GLUE metric(s) as plain floats in [0, 1] / [-1, 1] (run_glue's keys, no `eval_` prefix).
+def metric_name(spec: TaskSpec) -> tuple[str, str | None]:
+    """(module, config) of the task's metric among the repository's evaluate modules (metrics/), chosen as
+    run_glue chooses hub modules: glue with the task's config for GLUE tasks, mse / accuracy for a csv/json
+    task of the user's own; the offline tasks add macro F1 (text_classification)."""
+    if spec.name == "custom":
+        return ("mse", None) if spec.is_regression else ("accuracy", None)
+    if spec.name in OFFLINE_TASKS:
+        return "text_classification", None
+    return "glue", spec.name
+
+
+def load_task_metric(spec: TaskSpec):
+    """The task's `evaluate` module, loaded offline from the repository (`minilmv2.metrics.load_metric`)."""
+    from minilmv2.metrics import load_metric
+
+    return load_metric(*metric_name(spec))
+
+
+def compute_metrics(spec: TaskSpec, predictions: np.ndarray, references: np.ndarray, metric=None) -> dict[str, float]:
+    """The task's metric(s) as plain floats in [0, 1] / [-1, 1] (run_glue's keys, no `eval_` prefix).
 
     predictions: (N,) class ids, or (N,) floats for regression; references: (N,) the same kind.
+    metric: the module from `load_task_metric(spec)`, to load it once for many calls.
     """
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-    predictions = np.asarray(predictions)
-    references = np.asarray(references)
-    if spec.is_regression:
-        # The model's outputs arrive as float32, and scipy would then compute Pearson in float32 (~1e-5 off).
-        predictions, references = predictions.astype(np.float64), references.astype(np.float64)
-        if spec.name == "custom":  # run_glue scores a regression task of the user's own by mean squared error
-            return {"mse": float(np.mean((predictions - references) ** 2))}
-        result = {
-            "pearson": float(pearsonr(predictions, references)[0]),
-            "spearmanr": float(spearmanr(predictions, references)[0]),
-        }
-    elif spec.name == "cola":
-        result = {"matthews_correlation": float(matthews_corrcoef(references, predictions))}
-    elif spec.name in ("mrpc", "qqp"):
-        result = {
-            "accuracy": float(accuracy_score(references, predictions)),
-            "f1": float(f1_score(references, predictions)),
-        }
-    elif spec.name in OFFLINE_TASKS:
-        # Macro F1 too: the tweet classes are unbalanced (positive is 18%), so accuracy alone flatters.
-        result = {
-            "accuracy": float(accuracy_score(references, predictions)),
-            "macro_f1": float(f1_score(references, predictions, average="macro")),
-        }
-    else:
-        result = {"accuracy": float(accuracy_score(references, predictions))}
-    if len(result) > 1:
-        result["combined_score"] = float(np.mean(list(result.values())))
-    return result
+    metric = metric if metric is not None else load_task_metric(spec)
+    return metric.compute(predictions=np.asarray(predictions), references=np.asarray(references))
 
 
 def task_summary(spec: TaskSpec) -> str:

@@ -40,8 +40,11 @@ def available_metrics() -> list[str]:
 def load_metric(name: str, config_name: str | None = None, **kwargs):
     """`evaluate.load` of the repository's module `metrics/<name>` (works with HF_HUB_OFFLINE=1).
 
-    kwargs go to `evaluate.load` (e.g. keep_in_memory, experiment_id, num_process / process_id).
+    kwargs go to `evaluate.load` (e.g. experiment_id, num_process / process_id). keep_in_memory defaults to True:
+    the scripts score predictions already gathered on every rank, and arrow cache files under ~/.cache would
+    only add file locks shared with every other run on the machine.
     """
     import evaluate
 
+    kwargs.setdefault("keep_in_memory", True)
     return evaluate.load(str(metric_path(name)), config_name, **kwargs)

@@ -1,4 +1,8 @@
-"""GLUE metrics computed offline, checked against values worked out by hand (not just against sklearn)."""
+"""GLUE metrics computed offline, checked against values worked out by hand (not just against sklearn).
+
+They are the repository's evaluate modules (metrics/glue, metrics/text_classification, metrics/mse,
+metrics/accuracy), reached through `glue.compute_metrics` and, as a user would, through `evaluate.load(path)`.
+"""
 
 from __future__ import annotations
 
@@ -100,3 +104,32 @@ def test_every_task_has_its_main_metric_among_its_results():
         else:
             result = glue.compute_metrics(spec, np.array([0, 1, 0]), np.array([0, 1, 1]))
         assert spec.main_metric in result, spec.name
+
+
+def test_glue_module_loads_by_path_with_evaluate_as_run_glue_does():
+    import evaluate
+
+    from minilmv2.metrics import METRICS_DIR
+
+    metric = evaluate.load(str(METRICS_DIR / "glue"), "mrpc", keep_in_memory=True)
+    result = metric.compute(predictions=BINARY_PREDICTIONS, references=BINARY_REFERENCES)
+    assert result["accuracy"] == pytest.approx(HAND_ACCURACY, abs=1e-12)
+    assert result["f1"] == pytest.approx(HAND_F1, abs=1e-12)
+
+
+def test_metric_modules_accumulate_batches_like_hub_modules():
+    # add_batch then compute, the streaming form of evaluate's API, must equal one compute over everything.
+    metric = glue.load_task_metric(glue.TASKS["cola"])
+    metric.add_batch(predictions=BINARY_PREDICTIONS[:3], references=BINARY_REFERENCES[:3])
+    metric.add_batch(predictions=BINARY_PREDICTIONS[3:], references=BINARY_REFERENCES[3:])
+    assert metric.compute()["matthews_correlation"] == pytest.approx(HAND_MCC, abs=1e-12)
+
+
+def test_unknown_glue_config_and_unknown_metric_are_refused():
+    from minilmv2.errors import UsageError
+    from minilmv2.metrics import load_metric
+
+    with pytest.raises(KeyError, match="choose one of"):
+        load_metric("glue", "not_a_task")
+    with pytest.raises(UsageError, match="no metric 'bleurt'.*available: .*squad_v2"):
+        load_metric("bleurt")
