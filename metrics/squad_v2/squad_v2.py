@@ -111,7 +111,9 @@ class SquadV2(evaluate.Metric):
                     "predictions": {
                         "id": datasets.Value("string"),
                         "prediction_text": datasets.Value("string"),
-                        "no_answer_probability": datasets.Value("float32"),
+                        # float64, not the hub module's float32: a threshold between two close null scores
+                        # must split them here exactly as the caller's own comparison did.
+                        "no_answer_probability": datasets.Value("float64"),
                     },
                     "references": {
                         "id": datasets.Value("string"),
