@@ -19,6 +19,7 @@ from fixtures.distill.tiny_teacher import first_lines, tiny_tokenizer, write_cor
 from minilmv2.data import (
     PadCollator,
     TokenStream,
+    first_tokens_problem,
     is_byte_splittable,
     load_corpus_config,
     rank_units,
@@ -48,7 +49,7 @@ def all_lines(paths: list[Path]) -> Counter:
 
 
 def rank_documents(config, rank: int, world_size: int) -> list[str]:
-    return [text for unit in rank_units(config, rank, world_size) for text, _ in read_unit(config, unit)]
+    return [text for unit in rank_units(config, rank, world_size) for text, _, _ in read_unit(config, unit)]
 
 
 # ---- config ----
@@ -143,7 +144,7 @@ def test_a_single_file_is_split_by_bytes_so_each_rank_reads_only_its_range(shard
         start, end = rank * len(raw) // 2, (rank + 1) * len(raw) // 2
         # A rank owns exactly the lines that start inside its byte range.
         owned = [raw[s:].split(b"\n", 1)[0].decode().strip() for s in line_starts if start <= s < end]
-        assert [text for text, _ in read_unit(config, unit)] == [text for text in owned if text]
+        assert [text for text, _, _ in read_unit(config, unit)] == [text for text in owned if text]
 
 
 def test_compressed_files_go_whole_to_ranks_or_interleave_by_row(shards, tmp_path):
@@ -153,16 +154,38 @@ def test_compressed_files_go_whole_to_ranks_or_interleave_by_row(shards, tmp_pat
         target.write_bytes(gzip.compress(path.read_bytes()))
         gz.append(target)
     assert not is_byte_splittable(str(gz[0]), "text")
-    # 3 files, 2 ranks: whole files, round robin.
-    config = load_corpus_config(write_corpus_config(tmp_path / "three.json", gz))
-    assert [u.mode for u in rank_units(config, 0, 2)] == ["whole", "whole"]
-    assert Counter(d for r in range(2) for d in rank_documents(config, r, 2)) == all_lines(shards)
+    # 2 files, 2 ranks: one whole file each.
+    config = load_corpus_config(write_corpus_config(tmp_path / "two.json", gz[:2]))
+    assert [(u.source, u.mode) for u in rank_units(config, 1, 2)] == [(str(gz[1]), "whole")]
     # 1 file, 2 ranks: every rank reads it but keeps (and tokenises) only its rows.
     config = load_corpus_config(write_corpus_config(tmp_path / "one.json", gz[:1]))
     assert [u.mode for u in rank_units(config, 1, 2)] == ["rows"]
     rank_docs = [rank_documents(config, r, 2) for r in range(2)]
     assert Counter(rank_docs[0] + rank_docs[1]) == all_lines(shards[:1])
     assert not set(rank_docs[0]) & set(rank_docs[1]) - {d for d, n in all_lines(shards[:1]).items() if n > 1}
+
+
+def test_a_file_count_that_does_not_divide_the_world_size_splits_the_rest_by_rows(shards, tmp_path):
+    """5 equal files on 2 ranks: two whole files each and the fifth split by rows, not 3 files against 2."""
+    lines = [line for line in shards[0].read_text().splitlines() if line.strip()][:100]
+    gz = []
+    for index in range(5):
+        target = tmp_path / f"part-{index}.txt.gz"
+        target.write_bytes(gzip.compress("".join(f"{line} ({index})\n" for line in lines[index::5]).encode()))
+        gz.append(target)
+    config = load_corpus_config(write_corpus_config(tmp_path / "five.json", gz))
+    units = [rank_units(config, rank, 2) for rank in range(2)]
+    assert [[(Path(u.source).name, u.mode) for u in share] for share in units] == [
+        [("part-0.txt.gz", "whole"), ("part-2.txt.gz", "whole"), ("part-4.txt.gz", "rows")],
+        [("part-1.txt.gz", "whole"), ("part-3.txt.gz", "whole"), ("part-4.txt.gz", "rows")],
+    ]
+    per_rank = [rank_documents(config, rank, 2) for rank in range(2)]
+    assert [len(docs) for docs in per_rank] == [50, 50]  # 20 + 20 + 10 each, every line once
+    assert Counter(per_rank[0] + per_rank[1]) == Counter(f"{line} ({i})" for i in range(5) for line in lines[i::5])
+    # 3 ranks: one whole file each, the other two files split by rows among all three.
+    shares = [rank_units(config, rank, 3) for rank in range(3)]
+    assert [sum(u.mode == "whole" for u in share) for share in shares] == [1, 1, 1]
+    assert sum(len(rank_documents(config, rank, 3)) for rank in range(3)) == 100
 
 
 def test_jsonl_csv_and_parquet_join_their_columns_with_a_newline(shards, tmp_path):
@@ -254,6 +277,9 @@ class CountingTokenizer:
     def __getattr__(self, name):
         return getattr(self.tokenizer, name)
 
+    def __len__(self):
+        return len(self.tokenizer)
+
     def __call__(self, texts, **kwargs):
         self.documents += len(texts)
         return self.tokenizer(texts, **kwargs)
@@ -289,3 +315,88 @@ def test_state_dict_resumes_the_exact_stream_without_retokenising(shards, tmp_pa
     other_corpus = load_corpus_config(write_corpus_config(tmp_path / "other.json", [shards[0]]))
     with pytest.raises(ValueError, match="the corpus differs"):
         TokenStream(other_corpus, tokenizer, 40, **options).load_state_dict(state)
+
+
+# ---- text that yields no tokens; very long lines ----
+
+ZERO_WIDTH = "\u200b\u200b \u200b\u2060\n" * 40
+CONTROL = "\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x7f\n" * 40
+
+
+@pytest.mark.parametrize("content", [ZERO_WIDTH, CONTROL], ids=["zero-width spaces", "control bytes"])
+def test_text_without_tokens_ends_in_one_line_instead_of_hanging(tmp_path, tokenizer, content):
+    path = tmp_path / "junk.txt"
+    path.write_text(content, encoding="utf-8")
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", [path]))  # bytes there: not "empty"
+    message = first_tokens_problem(config, tokenizer, 0, 1)
+    assert message.startswith("--train_config: the corpus yields no tokens: its text is empty or only characters")
+    for infinite in (True, False):
+        with pytest.raises(UsageError, match="the corpus yields no tokens") as caught:
+            next(iter(TokenStream(config, tokenizer, 32, infinite=infinite)))
+        assert "\n" not in str(caught.value)
+    # The same junk beside real text is harmless.
+    (tmp_path / "real.txt").write_text("The quick brown fox.\n" + content)
+    good = load_corpus_config(write_corpus_config(tmp_path / "g.json", [tmp_path / "real.txt"]))
+    assert first_tokens_problem(good, tokenizer, 0, 1) is None
+    assert len(next(iter(TokenStream(good, tokenizer, 8)))["input_ids"]) == 8
+
+
+def test_a_rank_whose_share_yields_nothing_fails_in_one_line(tmp_path, tokenizer):
+    path = tmp_path / "one.txt"
+    path.write_text("A single line of text, all of it in the first half of the file's bytes.\n" + " " * 200 + "\n")
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", [path]))
+    assert first_tokens_problem(config, tokenizer, 0, 2) is None
+    message = first_tokens_problem(config, tokenizer, 1, 2)
+    assert message == (
+        "--train_config: rank 1's share of the corpus (1 part(s) of 2) yields no tokens: its text is empty or only "
+        "characters the tokenizer drops (zero-width spaces, control characters); clean the corpus or give it "
+        "more text, or run fewer processes"
+    )
+    with pytest.raises(UsageError, match="rank 1's share of the corpus"):
+        next(iter(TokenStream(config, tokenizer, 32, rank=1, world_size=2)))
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_long_line_is_tokenised_in_pieces_to_the_same_tokens_and_resumes_inside_it(shards, tmp_path, tokenizer, fmt):
+    long_text = " ".join(line.strip() for line in shards[1].read_text().splitlines() if line.strip())
+    documents = ["A short first line.", long_text, "The last line."]
+    path = tmp_path / f"long.{fmt}"
+    if fmt == "json":
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    else:
+        path.write_text("".join(d + "\n" for d in documents))
+    config = load_corpus_config(write_corpus_config(tmp_path / "c.json", [path], fmt))
+    assert len(long_text) > 20 * 1000
+    options = {"shuffle_buffer": 1, "max_piece_chars": 1000, "tokenize_batch": 2}
+    sequences = [e["input_ids"] for e in TokenStream(config, tokenizer, 32, infinite=False, **options)]
+    sep = tokenizer.sep_token_id
+    expected = [t for ids in tokenizer(documents, add_special_tokens=False)["input_ids"] for t in ids]
+    assert [t for s in sequences for t in s[1:-1] if t != sep] == expected  # no word cut, nothing lost
+    assert sum(s[1:-1].count(sep) for s in sequences) <= 2  # pieces of one document get no [SEP] between them
+
+    stream = TokenStream(config, tokenizer, 32, **options)
+    iterator = iter(stream)
+    for _ in range(40):
+        next(iterator)
+    state = json.loads(json.dumps(stream.state_dict()))
+    assert state["unit_position"][1] > 0 and state["open_document"]  # stopped inside the long document
+    continuation = [next(iterator)["input_ids"] for _ in range(60)]
+    resumed = TokenStream(config, tokenizer, 32, **options)
+    resumed.load_state_dict(state)
+    assert [e["input_ids"] for _, e in zip(range(60), resumed, strict=False)] == continuation
+
+
+def test_memory_stays_bounded_on_a_single_long_line(tmp_path, tokenizer):
+    """A 1 MB line with no newline (the benchmark's case, smaller): peak memory grows by tens of MB, not ~200."""
+    import subprocess
+    import sys
+
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_long_line.py"
+    command = [sys.executable, str(script), "--megabytes", "1", "--tokenizer", str(tmp_path / "tokenizer")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip().splitlines()[-1]
+    before = float(line.split("resident memory ")[1].split(" MB")[0])
+    peak = float(line.split("peak ")[1].split(" MB")[0])
+    assert peak - before < 60, line
