@@ -1,0 +1,263 @@
+"""`make headlines`: BBC News headline generation, offline, distilled student vs random student vs teacher.
+
+    python -m minilmv2.headlines [--output_dir runs/headlines] [--assets .assets] [--student DIR]
+
+Each BBC News file (the `bbc_news` topic task's raw files) starts with its title line; the task is to
+generate that title from the article body. The split is `bbc_news`'s fixed one (minilmv2/glue.py): an
+article is in dev here exactly when it is in the topic task's dev split.
+
+1. writes the pairs as JSON lines {"src": body, "tgt": title} (data/train.jsonl, data/dev.jsonl);
+2. takes the distilled student of `make quickstart` (runs/quickstart/distill/student) when it was made with
+   the current quickstart values, else distils one the same way (run.sh with the quickstart's values);
+3. saves the random student of the same shape (the "no distillation" control);
+4. fine-tunes and decodes each of distilled student, random student and teacher with hf_run_seq2seq.py and
+   the HEADLINE VALUES below, and writes headlines_results.md: ROUGE-1/2/L on the whole dev split, with a
+   lead baseline (the body's first words, as many as a title has on average) as a floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from minilmv2.assets import default_dest
+from minilmv2.errors import UsageError, exit_on_usage_error
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------------
+# HEADLINE VALUES: the hf_run_seq2seq.py arguments, the same for the three models. Edit here.
+# A headline restates the lead, so the first 64 source tokens suffice (and halve the cost of 128); titles
+# are at most 15 WordPiece tokens here (+ [SEP]). fp32: this machine's CPU has no AVX512-BF16/AMX, and bf16
+# autocast measured several times slower than fp32 on it. Decoding follows the MiniLM README's recipe
+# (beam 5, length penalty 0, no repeated trigram except around "."); a title has at least two tokens.
+HEADLINE_ARGS = [
+    "--max_source_seq_length", "64",
+    "--max_target_seq_length", "20",
+    "--per_device_train_batch_size", "32",
+    "--learning_rate", "3e-4",
+    "--warmup_steps", "0.1",
+    "--weight_decay", "0.01",
+    "--num_train_epochs", "3",
+    "--seed", "42",
+    "--beam_size", "5",
+    "--length_penalty", "0",
+    "--min_target_length", "2",
+    "--forbid_duplicate_ngrams",
+    "--forbid_ignore_word", ".",
+    "--use_cpu", "true",
+    "--save_strategy", "no",
+    "--logging_steps", "20",
+    "--report_to", "none",
+    "--disable_tqdm", "true",
+]  # fmt: skip
+# ---------------------------------------------------------------------------------------------------------
+
+MODELS = ("distilled student", "random student", "teacher")
+TIMES_FILE = "stage_seconds.json"
+
+
+def title_and_body(raw_text: str) -> tuple[str, str] | None:
+    """(title, body) of one BBC file, whitespace-normalised; None when there is no body after the title."""
+    lines = [line.strip() for line in raw_text.splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) < 2:
+        return None
+    return " ".join(lines[0].split()), " ".join(" ".join(lines[1:]).split())
+
+
+def headline_pairs(tasks_dir: str | Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(train, dev) lists of {src: body, tgt: title} in the order of bbc_news's fixed split.
+
+    glue.split_offline_examples normalises whitespace (which joins the title to the body), so each split
+    text is mapped back to its raw file to recover the title line.
+    """
+    from minilmv2 import glue
+
+    spec = glue.get_task("bbc_news")
+    texts, labels = glue.read_offline_examples(spec, tasks_dir)
+    raw_of = {" ".join(text.split()): text for text in texts}
+    train, dev = glue.split_offline_examples(texts, labels)
+
+    def pairs(split):
+        out = []
+        for text, _ in split:
+            parts = title_and_body(raw_of[text])
+            if parts is not None:
+                out.append({"src": parts[1], "tgt": parts[0]})
+        return out
+
+    return pairs(train), pairs(dev)
+
+
+def write_jsonl(examples: list[dict[str, str]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(json.dumps(example, ensure_ascii=False) + "\n")
+
+
+def lead_baseline(train: list[dict[str, str]], dev: list[dict[str, str]]) -> dict[str, float]:
+    """ROUGE of the body's first k words, k the mean title length in words on train (rounded)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from hf_run_seq2seq import score
+
+    words = round(sum(len(e["tgt"].split()) for e in train) / len(train))
+    predictions = [" ".join(e["src"].split()[:words]) for e in dev]
+    return score(predictions, [e["tgt"] for e in dev], ["rouge"]) | {"words": words}
+
+
+def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None) -> Path:
+    """The distilled student to score: --student, else make quickstart's if current, else a new one."""
+    from minilmv2 import quickstart
+
+    if given is not None:
+        return given
+    quick = REPO_ROOT / "runs" / "quickstart"
+    values_file = quick / quickstart.VALUES_FILE
+    student = quick / "distill" / "student"
+    if (student / "model.safetensors").is_file() and values_file.is_file():
+        recorded = json.loads(values_file.read_text())
+        if recorded.get("distillation") == quickstart.DISTILLATION:
+            print(f"distilled student of make quickstart found at {student}: reusing it")
+            return student
+    distill_dir = out_dir / "distill"
+    student = distill_dir / "student"
+    if (student / "model.safetensors").is_file():
+        print(f"distilled student found at {student}: reusing it")
+        return student
+    shutil.rmtree(distill_dir, ignore_errors=True)  # an interrupted run: redo it from the start
+    corpus = parts["corpus"]
+    paths = {
+        "TEACHER_DIR": str(parts["teacher"]),
+        "TRAIN_CONFIG": str(corpus / "train_config.json"),
+        "VAL_CONFIG": str(corpus / "val_config.json"),
+        "EVAL_STEPS": quickstart.DISTILLATION["MAX_STEPS"],
+        "OUTPUT_DIR": str(distill_dir),
+    }
+    timed_stage(
+        out_dir,
+        "distillation (run.sh, the quickstart's values)",
+        ["bash", "run.sh"],
+        {**quickstart.DISTILLATION, **paths},
+    )
+    return student
+
+
+def timed_stage(out_dir: Path, title: str, command: list[str], env_values: dict[str, str] | None = None) -> None:
+    """Run one command with its output streaming to ours; keep its duration in stage_seconds.json."""
+    print(f"\n=== {title} ===\n{' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_values or {})}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"headlines: {title} failed (exit {result.returncode}); its output is above")
+    times_path = out_dir / TIMES_FILE
+    seconds = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    seconds[title] = time.perf_counter() - start
+    times_path.write_text(json.dumps(seconds, indent=2) + "\n")
+
+
+def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], parameters: dict[str, float]) -> Path:
+    from minilmv2.quickstart import machine_description
+
+    seconds = json.loads((out_dir / TIMES_FILE).read_text())
+    lines = [
+        "| model | parameters | ROUGE-1 | ROUGE-2 | ROUGE-L | fine-tune + decode (min) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        result = scores[model]
+        minutes = seconds.get(f"fine-tune and decode the {model}", 0.0) / 60
+        lines.append(
+            f"| {model} | {parameters[model]:.1f}M | {result['eval_rouge1']:.2f} | {result['eval_rouge2']:.2f} "
+            f"| {result['eval_rougeL']:.2f} | {minutes:.1f} |"
+        )
+    lines.append(
+        f"| lead baseline (first {lead['words']} words) | - | {lead['eval_rouge1']:.2f} | {lead['eval_rouge2']:.2f} "
+        f"| {lead['eval_rougeL']:.2f} | - |"
+    )
+    total = sum(seconds.values()) / 60
+    distill = sum(value for key, value in seconds.items() if key.startswith("distillation")) / 60
+    markdown = "\n".join(
+        [
+            "# BBC News headline generation",
+            "",
+            f"Dev split of bbc_news ({scores['teacher']['eval_samples']} articles), ROUGE F x 100 (rouge-score, "
+            "stemmed).",
+            "",
+            *lines,
+            "",
+            f"Command: `make headlines`. Machine: {machine_description()}.",
+            f"Time: {total:.1f} min in all (distillation {distill:.1f} min of it).",
+            "",
+            "hf_run_seq2seq.py arguments: `" + " ".join(HEADLINE_ARGS) + "`",
+            "",
+        ]
+    )
+    path = out_dir / "headlines_results.md"
+    path.write_text(markdown)
+    print("\n" + "\n".join(lines))
+    return path
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> None:
+    from minilmv2 import quickstart
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", type=Path, default=Path("runs/headlines"))
+    parser.add_argument("--assets", type=Path, default=default_dest())
+    parser.add_argument("--student", type=Path, default=None, help="a distilled student to use instead")
+    args = parser.parse_args(argv)
+    parts = quickstart.check_assets(args.assets.resolve())
+    if args.student is not None and not (args.student / "config.json").is_file():
+        raise UsageError(f"--student {str(args.student)!r} is not a model directory (no config.json)")
+    out_dir = args.output_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--output_dir {str(out_dir)!r} is a file; expected a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / TIMES_FILE).unlink(missing_ok=True)
+
+    train, dev = headline_pairs(parts["tasks"])
+    train_path, dev_path = out_dir / "data" / "train.jsonl", out_dir / "data" / "dev.jsonl"
+    write_jsonl(train, train_path)
+    write_jsonl(dev, dev_path)
+    print(f"{len(train)} train / {len(dev)} dev headline pairs in {train_path.parent}")
+
+    distilled = distilled_student(out_dir, parts, args.student)
+    random_student = out_dir / "random_student"
+    if not (random_student / "model.safetensors").is_file():
+        quickstart.save_random_student(distilled, random_student)
+    model_dirs = {"distilled student": distilled, "random student": random_student, "teacher": parts["teacher"]}
+
+    scores = {}
+    for model, model_dir in model_dirs.items():
+        run_dir = out_dir / model.replace(" ", "_")
+        command = [
+            sys.executable,
+            "hf_run_seq2seq.py",
+            "--model_name_or_path", str(model_dir),
+            "--train_file", str(train_path),
+            "--validation_file", str(dev_path),
+            "--do_train", "--do_eval",
+            "--output_dir", str(run_dir),
+            "--overwrite_output_dir",
+            *HEADLINE_ARGS,
+        ]  # fmt: skip
+        timed_stage(out_dir, f"fine-tune and decode the {model}", command)
+        scores[model] = json.loads((run_dir / "eval_results.json").read_text())
+    lead = lead_baseline(train, dev)
+    parameters = {model: quickstart.count_parameters(path) for model, path in model_dirs.items()}
+    path = write_table(out_dir, scores, lead, parameters)
+    print(f"table: {path}\nruns:  {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
