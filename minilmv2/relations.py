@@ -19,6 +19,11 @@ pass walks over chunks of (sample, relation head) groups, computes loss *and* th
 for that chunk, and keeps only the (B, S, H) gradients. Peak memory is a few chunk-sized tensors, backward is a
 multiplication by grad_output, and no S x S tensor is ever recomputed.
 
+On a GPU that chunk loop still writes (chunk, S, S) fp32 tensors to memory and walks them several times; the
+fused Triton kernel of `minilmv2.relation_kernel` streams key tiles through on-chip memory instead and never
+stores an S x S tensor. `kernel=` picks the implementation (`KERNELS`); "auto" takes Triton on CUDA when triton
+is installed, else this PyTorch path, which stays the reference the kernel is tested against.
+
 Numerics: all relation math runs in fp32 whatever the autocast dtype, and masked keys are filled with the most
 negative finite fp32 value (not -inf), so a row with no real key (a fully padded sample) is a uniform
 distribution rather than NaN; its weight in the loss is zero.
@@ -26,7 +31,9 @@ distribution rather than NaN; its weight in the loss is zero.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from collections.abc import Callable, Mapping
 
 import torch
@@ -150,6 +157,35 @@ def check_kernel(kernel: str) -> str:
     return kernel
 
 
+def triton_available() -> bool:
+    """Whether triton imports. Checked lazily: a CPU user distils without it."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_kernel(kernel: str, device: torch.device | str) -> str:
+    """The implementation `kernel` means on `device`: "auto" becomes "triton" on CUDA with triton, else "torch".
+
+    ValueError in one line when "triton" cannot run there (no triton, or CPU tensors outside the interpreter).
+    """
+    check_kernel(kernel)
+    device_type = torch.device(device).type
+    if kernel == "auto":
+        return "triton" if device_type == "cuda" and triton_available() else "torch"
+    if kernel == "triton":
+        if not triton_available():
+            raise ValueError("relation kernel 'triton' needs the triton package; install it or use 'torch'")
+        if device_type != "cuda" and not _triton_interpreting():
+            raise ValueError(
+                f"relation kernel 'triton' runs on CUDA tensors (got {device_type}; TRITON_INTERPRET=1 runs it "
+                "slowly on the CPU, for tests); use 'torch' or 'auto'"
+            )
+    return kernel
+
+
 class _RelationKL(torch.autograd.Function):
     """Loss of one relation pair; the forward also computes the student gradients (see module docstring)."""
 
@@ -217,6 +253,43 @@ class _RelationKL(torch.autograd.Function):
         return None, None, grad_output * grad_left, grad_output * grad_right, None, None, None, None, None
 
 
+class _FusedRelationKL(torch.autograd.Function):
+    """`_RelationKL` with the fused Triton kernel of `minilmv2.relation_kernel` instead of the chunk loop."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        teacher_left: torch.Tensor,
+        teacher_right: torch.Tensor,
+        student_left: torch.Tensor,
+        student_right: torch.Tensor,
+        key_mask: torch.Tensor,
+        num_relation_heads: int,
+        grad_enabled: bool,
+    ) -> torch.Tensor:
+        from minilmv2.relation_kernel import fused_relation_kl  # imports triton: only when asked for
+
+        need_grad = grad_enabled and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
+        loss, grad_left, grad_right = fused_relation_kl(
+            teacher_left,
+            teacher_right,
+            student_left,
+            student_right,
+            key_mask,
+            relation_row_weights(key_mask, num_relation_heads),
+            num_relation_heads,
+            need_grad,
+        )
+        if need_grad:
+            ctx.save_for_backward(grad_left.to(student_left.dtype), grad_right.to(student_right.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_left, grad_right = ctx.saved_tensors
+        return None, None, grad_output * grad_left, grad_output * grad_right, None, None, None
+
+
 def relation_pair_loss(
     teacher_left: torch.Tensor,
     teacher_right: torch.Tensor,
@@ -235,12 +308,20 @@ def relation_pair_loss(
         key_mask: (B, S), true for real tokens; any padding side, and fully padded rows, are fine.
         num_relation_heads: A_r; must divide H_t and H_s.
         chunk_elements: bound on the elements of one (groups, S, S) fp32 tensor; None picks one per device.
-        kernel: one of `KERNELS` (see there).
+        kernel: one of `KERNELS` (see there); `resolve_kernel` says what "auto" picks.
     Returns: fp32 scalar.
     """
-    check_kernel(kernel)
+    kernel = resolve_kernel(kernel, key_mask.device)
     if kernel == "triton":
-        raise NotImplementedError("the Triton relation kernel is not available yet; use kernel='torch'")
+        return _FusedRelationKL.apply(
+            teacher_left,
+            teacher_right,
+            student_left,
+            student_right,
+            key_mask.bool(),
+            num_relation_heads,
+            torch.is_grad_enabled(),
+        )
     chunk_fn = _compiled_chunks() if kernel == "compile" else _chunk_fn
     if chunk_elements is None:
         chunk_elements = DEFAULT_CHUNK_ELEMENTS.get(key_mask.device.type, DEFAULT_CHUNK_ELEMENTS["cuda"])

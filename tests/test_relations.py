@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from reference_minilm import make_mask, per_sample_relation_loss, relative_error
@@ -10,8 +12,8 @@ from minilmv2.relations import (
     merge_relation_heads,
     relation_loss,
     relation_row_weights,
+    resolve_kernel,
     split_relation_heads,
-    use_compiled_chunks,
 )
 
 ALL_PAIRS = [(i, j) for i in (1, 2, 3) for j in (1, 2, 3)]
@@ -147,12 +149,8 @@ def test_compiled_chunk_math_matches_the_eager_reference_path():
     eager_grads = {k: v.grad.clone() for k, v in student.items() if v.grad is not None}
     for v in student.values():
         v.grad = None
-    use_compiled_chunks(True)
-    try:
-        compiled, _ = relation_loss(teacher, student, mask, relations, 4, chunk_elements=400)
-        compiled.backward()
-    finally:
-        use_compiled_chunks(False)
+    compiled, _ = relation_loss(teacher, student, mask, relations, 4, chunk_elements=400, kernel="compile")
+    compiled.backward()
     assert relative_error(compiled, eager) < 1e-5
     for kind, grad in eager_grads.items():
         assert relative_error(student[kind].grad, grad) < 1e-5
@@ -176,3 +174,25 @@ def test_no_gradient_work_under_no_grad(monkeypatch):
     assert seen == [False] and not evaluated.requires_grad
     trained, _ = relation_loss(teacher, student, mask, {(1, 1): 1.0}, 4)
     assert seen == [False, True] and torch.equal(trained.detach(), evaluated)
+
+
+def test_kernel_choice(monkeypatch):
+    with pytest.raises(ValueError, match="relation kernel must be one of auto, torch, compile, triton; got 'cuda'"):
+        resolve_kernel("cuda", "cpu")
+    assert resolve_kernel("auto", "cpu") == "torch"
+    assert resolve_kernel("torch", "cuda") == "torch" and resolve_kernel("compile", "cpu") == "compile"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="relation kernel 'triton'"):
+        resolve_kernel("triton", "cpu")  # outside the interpreter the kernel needs CUDA tensors
+
+
+def test_distils_on_cpu_without_triton(monkeypatch):
+    """Triton is a GPU/test dependency: with it unimportable, "auto" is the PyTorch path and "triton" says why not."""
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail, as if not installed
+    assert resolve_kernel("auto", "cuda") == "torch"
+    with pytest.raises(ValueError, match="needs the triton package"):
+        resolve_kernel("triton", "cuda")
+    teacher, student = random_states(2, 5, 16), random_states(2, 5, 8, requires_grad=True)
+    loss, _ = relation_loss(teacher, student, torch.ones(2, 5, dtype=torch.bool), {(1, 2): 1.0}, 4, kernel="auto")
+    loss.backward()
+    assert torch.isfinite(loss) and student[1].grad is not None
