@@ -30,10 +30,7 @@ is a ratio (--warmup_ratio is gone), `--overwrite_output_dir` is ours (TrainingA
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +40,15 @@ import numpy as np  # noqa: E402
 
 from minilmv2 import glue  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
+from minilmv2.finetune_checks import (  # noqa: E402
+    check_eval_batch,
+    check_model_dir,
+    check_training_values,
+    find_tokenizer_files,
+    one_line,  # noqa: F401 (part of the script's interface; its tests call it)
+    parse_script_arguments,
+    refuse_load_errors,
+)
 
 # Files whose presence means a run in that output directory got to the end (we write them last).
 FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
@@ -108,89 +114,9 @@ class DataTrainingArguments:
 
 def parse_arguments(argv: list[str] | None):
     """(ModelArguments, DataTrainingArguments, TrainingArguments) from argv or from one .json file."""
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import TrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
-
-    def refuse(message: str):  # argparse would print the whole usage; we print one line
-        raise UsageError(message)
-
-    parser.error = refuse
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if len(argv) == 1 and argv[0].endswith(".json"):
-            if not Path(argv[0]).is_file():
-                raise UsageError(f"argument file {argv[0]!r} does not exist")
-            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-        *arguments, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-        if unknown:
-            raise UsageError(f"unknown argument(s) {' '.join(unknown)}; see --help for the valid ones")
-        return tuple(arguments)
-    except UsageError:
-        raise
-    except (ValueError, TypeError) as err:  # TrainingArguments.__post_init__ validates its own values
-        raise UsageError(one_line(err)) from None
-
-
-def one_line(err: BaseException | str) -> str:
-    """The first non-empty line of an exception's message: errors from libraries we wrap into UsageError
-    (TrainingArguments, the hub) often run to several lines, and our policy is one line per error."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def check_model_dir(name_or_path: str, option: str = "--model_name_or_path") -> None:
-    """UsageError unless `name_or_path` is a model directory with a readable config.json.
-
-    A string that is not an existing path and does not look like one is a hub id: refused only when offline.
-    It looks like a path when it starts with ".", "/" or "~", has more than one "/" (hub ids have at most
-    one), or its first component exists here (`runs/student` with a `runs/` folder): such a string is
-    checked as a local directory, never sent to the hub.
-    """
-    from huggingface_hub import constants
-
-    path = Path(name_or_path)
-    first_component = name_or_path.replace(os.sep, "/").split("/")[0]
-    looks_like_path = (
-        path.exists()
-        or name_or_path.startswith((".", "/", "~", os.sep))
-        or name_or_path.count("/") > 1
-        or (first_component != name_or_path.replace(os.sep, "/") and Path(first_component).exists())
-    )
-    if not looks_like_path:
-        if constants.HF_HUB_OFFLINE:
-            raise UsageError(
-                f"{option} {name_or_path!r} is not a local directory and the hub is offline "
-                "(HF_HUB_OFFLINE=1); pass a model directory holding config.json"
-            )
-        return
-    if not path.is_dir():
-        raise UsageError(f"{option} {name_or_path!r} is not a directory; pass a model directory holding config.json")
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise UsageError(
-            f"{option} {name_or_path!r} has no config.json; pass a directory written by "
-            "save_pretrained (e.g. the distilled student)"
-        )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{config_path} is not valid JSON ({one_line(err)})") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise UsageError(f"{config_path} has no 'model_type'; it is not a transformers model config")
-
-
-def find_tokenizer_files(directory: Path) -> bool:
-    """True when a directory holds any tokenizer file AutoTokenizer can load."""
-    names = (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-        "vocab.json",
-        "spiece.model",
-        "sentencepiece.bpe.model",
-    )
-    return any((directory / name).is_file() for name in names)
+    return parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments), argv)
 
 
 def check_arguments(
@@ -226,7 +152,7 @@ def check_arguments(
     else:
         glue.check_hub_online(spec)
 
-    check_model_dir(model_args.model_name_or_path)
+    check_model_dir(model_args.model_name_or_path, need_weights=True)
     if model_args.config_name:
         check_model_dir(model_args.config_name, "--config_name")
     tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
@@ -235,6 +161,8 @@ def check_arguments(
             f"{tokenizer_source!r} holds no tokenizer files (tokenizer.json, vocab.txt, ...); pass --tokenizer_name DIR"
         )
 
+    check_training_values(training_args)
+    check_eval_batch(training_args)
     if data_args.max_seq_length < 1:
         raise UsageError(f"--max_seq_length {data_args.max_seq_length} must be a positive number of tokens")
     for option in ("max_train_samples", "max_eval_samples"):
@@ -279,17 +207,6 @@ def load_raw_datasets(spec, data_args, model_args, training_args):
         return glue.load_glue_dir(spec, data_args.glue_dir, splits), spec
     with refuse_load_errors("--task_name", spec.name):  # the hub's GLUE copy: no network, a proxy error, ...
         return glue.load_glue_hub(spec, splits, cache_dir=model_args.cache_dir), spec
-
-
-@contextlib.contextmanager
-def refuse_load_errors(option: str, name_or_path: str):
-    """Turn a failed hub lookup or download (unknown model id, no network, private repo without --token) into
-    one UsageError line. transformers and huggingface_hub raise these as OSError subclasses, with several
-    lines of advice; local directories were checked at start-up, so what reaches here is mostly the hub."""
-    try:
-        yield
-    except OSError as err:
-        raise UsageError(f"{option} {name_or_path!r} could not be loaded: {one_line(err)}") from None
 
 
 def last_checkpoint_to_resume(training_args, overwrite: bool) -> str | None:

@@ -336,6 +336,10 @@ def test_bad_input_is_refused_before_anything_is_written(tiny_model, tmp_path, c
     no_tokenizer = tmp_path / "no_tokenizer"
     no_tokenizer.mkdir()
     shutil.copy(tiny_model / "config.json", no_tokenizer / "config.json")
+    shutil.copy(tiny_model / "model.safetensors", no_tokenizer / "model.safetensors")
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(tiny_model, no_weights)
+    (no_weights / "model.safetensors").unlink()  # a config alone would load as a random model and "score"
 
     def with_option(option, value):
         argv = run_args(tiny_model, "rte", out)
@@ -350,6 +354,10 @@ def test_bad_input_is_refused_before_anything_is_written(tiny_model, tmp_path, c
         (with_option("--model_name_or_path", str(no_config)), ["no_config", "has no config.json"]),
         (with_option("--model_name_or_path", str(bad_json)), ["bad_json/config.json", "not valid JSON"]),
         (with_option("--model_name_or_path", str(no_tokenizer)), ["no tokenizer files", "--tokenizer_name"]),
+        (with_option("--model_name_or_path", str(no_weights)), ["no_weights", "has a config.json but no weights"]),
+        (with_option("--num_train_epochs", "0"), ["--num_train_epochs 0 trains nothing", "--max_steps"]),
+        (with_option("--learning_rate", "-1"), ["--learning_rate -1 must be positive"]),
+        (with_option("--per_device_train_batch_size", "0"), ["--per_device_train_batch_size 0 must be at least 1"]),
         (with_option("--model_name_or_path", "bert-base-uncased"), ["'bert-base-uncased'", "hub is offline"]),
         (run_args(tiny_model, "rte", out, "--max_seq_length", "0"), ["--max_seq_length 0"]),
         (run_args(tiny_model, "rte", out, "--eval_strategy", "sometimes"), ["sometimes"]),
