@@ -94,6 +94,11 @@ def model_parser() -> argparse.ArgumentParser:
         help="{(i, j): weight} with 1=Query, 2=Key, 3=Value",
     )
     parser.add_argument(
+        "--relation_kernel",
+        default="auto",
+        help="relation-loss implementation: auto (Triton on CUDA when installed, else torch), torch, compile, triton",
+    )
+    parser.add_argument(
         "--minilm_v1",
         action="store_true",
         help="MiniLM v1: Q-K attention + V-V relations, one relation head per attention head",
@@ -295,6 +300,19 @@ def check_shapes(model_args, teacher_config, max_seq_len: int) -> None:
         raise UsageError(f"--max_seq_len {max_seq_len} must be in 3..{max_positions} (the teacher's positions)")
 
 
+def check_relation_kernel(kernel: str, training_args) -> None:
+    """--relation_kernel names an implementation that can run on the device this run will use."""
+    import torch
+
+    from minilmv2.relations import resolve_kernel
+
+    device = "cuda" if torch.cuda.is_available() and not getattr(training_args, "use_cpu", False) else "cpu"
+    try:
+        resolve_kernel(kernel, device)
+    except ValueError as err:
+        raise UsageError(f"--relation_kernel: {err}") from None
+
+
 def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
     """Refuse to mix a new run into a folder that holds an earlier one (finished or not)."""
     from minilmv2.training import CHECKPOINT_PREFIX, STUDENT_DIR
@@ -365,6 +383,7 @@ def make_plan(argv: list[str]) -> Plan:
     teacher_config = load_teacher_config(model_args.input_model_dir)
     check_tokenizer_dir(model_args)
     check_shapes(model_args, teacher_config, data_args.max_seq_len)
+    check_relation_kernel(model_args.relation_kernel, training_args)
     relations = parse_relations(model_args.minilm_relations)
     if training_args.max_steps is None or training_args.max_steps < 1:
         raise UsageError("--max_steps must be a positive number of optimizer steps (the corpus is a stream)")
@@ -466,10 +485,15 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     student = build_student(student_config)
     try:
         if model_args.minilm_v1:
-            distiller = MiniLM.v1(teacher, student, L=model_args.L)
+            distiller = MiniLM.v1(teacher, student, L=model_args.L, kernel=model_args.relation_kernel)
         else:
             distiller = MiniLM(
-                teacher, student, L=model_args.L, relations=plan.relations, A_r=model_args.num_relation_heads
+                teacher,
+                student,
+                L=model_args.L,
+                relations=plan.relations,
+                A_r=model_args.num_relation_heads,
+                kernel=model_args.relation_kernel,
             )
     except ValueError as err:
         raise UsageError(_one_line(err)) from None
