@@ -148,9 +148,9 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
     if training_args.do_predict:
         raise UsageError("--do_predict is not used here; --do_eval scores --predict_file and writes predictions.json")
     if training_args.eval_strategy != "no":
+        strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
         raise UsageError(
-            f"--eval_strategy {training_args.eval_strategy} is not supported: SQuAD is scored once, after "
-            "training (leave it at 'no')"
+            f"--eval_strategy {strategy} is not supported: SQuAD is scored once, after training (leave it at 'no')"
         )
     if data_args.validation_file and data_args.predict_file and data_args.validation_file != data_args.predict_file:
         raise UsageError("--validation_file and --predict_file name the same input; pass one of them")
