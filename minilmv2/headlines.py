@@ -122,23 +122,27 @@ def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None)
     quick = REPO_ROOT / "runs" / "quickstart"
     values_file = quick / quickstart.VALUES_FILE
     student = quick / "distill" / "student"
-    if (student / "model.safetensors").is_file() and values_file.is_file():
+    if finished_distillation(quick / "distill") and values_file.is_file():
         recorded = json.loads(values_file.read_text())
         if recorded.get("distillation") == quickstart.DISTILLATION:
             print(f"distilled student of make quickstart found at {student}: reusing it")
             return student
     distill_dir = out_dir / "distill"
     student = distill_dir / "student"
-    if (student / "model.safetensors").is_file():
+    values = distillation_values()
+    recorded_path = out_dir / "distillation_values.json"
+    recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
+    if finished_distillation(distill_dir) and recorded == values:
         print(f"distilled student found at {student}: reusing it")
         return student
-    shutil.rmtree(distill_dir, ignore_errors=True)  # an interrupted run: redo it from the start
+    shutil.rmtree(distill_dir, ignore_errors=True)  # an interrupted or outdated run: redo it from the start
+    recorded_path.write_text(json.dumps(values, indent=2) + "\n")
     corpus = parts["corpus"]
     paths = {
         "TEACHER_DIR": str(parts["teacher"]),
         "TRAIN_CONFIG": str(corpus / "train_config.json"),
         "VAL_CONFIG": str(corpus / "val_config.json"),
-        "EVAL_STEPS": quickstart.DISTILLATION["MAX_STEPS"],
+        "EVAL_STEPS": values["MAX_STEPS"],
         "OUTPUT_DIR": str(distill_dir),
     }
     timed_stage(
@@ -148,6 +152,35 @@ def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None)
         {**quickstart.DISTILLATION, **paths},
     )
     return student
+
+
+def finished_distillation(distill_dir: Path) -> bool:
+    """run_distillation.py writes trainer_state.json only at the end of a run that was not interrupted (a
+    signal still exports a student), so it, not the student folder, marks a usable distilled student."""
+    return (distill_dir / "trainer_state.json").is_file() and (distill_dir / "student" / "config.json").is_file()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it autocast emulates bf16."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: keep the quickstart's choice
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def distillation_values() -> dict[str, str]:
+    """The quickstart's run.sh values; fp32 instead of bf16 on CPUs without native bf16, where one bf16
+    distillation step measured about a minute (against seconds in fp32) on this project's 2-core machine."""
+    import torch
+
+    from minilmv2 import quickstart
+
+    values = dict(quickstart.DISTILLATION)
+    if values.get("PRECISION") == "bf16" and not torch.cuda.is_available() and not cpu_has_bf16():
+        print("this CPU has no native bf16 (no AVX512-BF16/AMX): distilling in fp32 (PRECISION=none)")
+        values["PRECISION"] = "none"
+    return values
 
 
 def timed_stage(out_dir: Path, title: str, command: list[str], env_values: dict[str, str] | None = None) -> None:
