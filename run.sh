@@ -22,9 +22,12 @@
 #   EVAL_STEPS $LOGGING_STEPS  MAX_SEQ_LEN 512  SEED 42  PRECISION (bf16 on GPUs that have it, else none)
 #   REPORT_TO tensorboard  RESUME (a checkpoint path, or "latest")  EXTRA_ARGS (more TrainingArguments)
 #   NPROC  processes on this node (default: all local GPUs, 1 without a GPU)
+#   STOP_TIMEOUT  seconds the workers get to write their checkpoint after SIGTERM/SIGINT      600
 #   NNODES / MASTER_ADDR / MASTER_PORT / RDZV_ID  several nodes: run this script once per node with the
 #                 same values (torchrun's c10d rendezvous assigns ranks; see slurm/distill.sbatch)
 set -euo pipefail
+# Error messages name these variables instead of the options they set (LR=-1 rather than --learning_rate -1).
+export MINILMV2_VIA_RUN_SH=1
 # Paths are relative to where you run this from; the project's .venv is used when there is one.
 HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-$( [ -x "$HERE/.venv/bin/python" ] && echo "$HERE/.venv/bin/python" || echo python )}
@@ -57,6 +60,7 @@ MAX_SEQ_LEN=${MAX_SEQ_LEN:-512}
 SEED=${SEED:-42}
 REPORT_TO=${REPORT_TO:-tensorboard}
 RESUME=${RESUME:-}
+STOP_TIMEOUT=${STOP_TIMEOUT:-600}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 # HF_HUB_OFFLINE is left as the caller set it: a hub or http(s) corpus needs the network, local files do not
 # (with HF_HUB_OFFLINE=1 and such a corpus config, the pre-check below refuses in one line).
@@ -117,4 +121,8 @@ else
     LAUNCH=(--standalone)
 fi
 echo "launching $NPROC process(es) per node; outputs in $OUTPUT_DIR"
-exec "$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" --nproc-per-node "$NPROC" -m minilmv2.run_distillation "${ARGS[@]}"
+# minilmv2.launch is torchrun run in-process: on SIGTERM/SIGINT the workers save a checkpoint (within
+# STOP_TIMEOUT seconds) and it exits with 128 + signal, without torchrun's traceback; if it is killed outright
+# (kill -9), its workers notice and exit too. Rank 0 locks OUTPUT_DIR, so a second run there is refused.
+exec "$PYTHON" -m minilmv2.launch "${LAUNCH[@]}" --shutdown-timeout "$STOP_TIMEOUT" --nproc-per-node "$NPROC" \
+    -m minilmv2.run_distillation "${ARGS[@]}"

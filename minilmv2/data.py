@@ -36,6 +36,7 @@ lets the start-up check find it before any model loads.
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
 import json
@@ -174,6 +175,85 @@ def _refuse_empty_corpus(sources: list[str], option: str, config_path: Path) -> 
         except OSError as err:
             raise UsageError(f"{option} {config_path}: corpus file {source} cannot be read ({err})") from None
     raise UsageError(f"{option} {config_path}: the corpus is empty (its {len(local)} file(s) hold no text)")
+
+
+# ---- start-up checks on the first records ----
+
+
+def _open_text(source: str):
+    """A text handle on a local source, decompressing .gz/.bz2/.xz; None for formats read only by `datasets`."""
+    import bz2
+    import lzma
+
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    for suffix, opener in openers.items():
+        if source.endswith(suffix):
+            return opener(source, "rt", encoding="utf-8", errors="replace", newline="")
+    if source.endswith(COMPRESSED_SUFFIXES):
+        return None
+    return open(source, encoding="utf-8", errors="replace", newline="")
+
+
+def first_record_problem(config: CorpusConfig) -> str | None:
+    """Why the first record of a local source does not fit the declared format and columns, or None.
+
+    Plain text always fits; JSON lines must parse to objects with the columns; csv headers and parquet schemas
+    must name them. A JSON file holding one array is left to `datasets`.
+    """
+    if config.format == "text" or config.hub is not None:
+        return None
+    for source in config.sources:
+        if not is_remote(source):
+            problem = _first_record_problem(source, config)
+            if problem:
+                return problem
+    return None
+
+
+def _first_record_problem(source: str, config: CorpusConfig) -> str | None:
+    def missing_columns(names) -> str | None:
+        missing = [c for c in config.columns if c not in names]
+        if not missing:
+            return None
+        return (
+            f'corpus file {source} has no column(s) {missing}; its records have {sorted(names)} (set "columns" to '
+            "the ones holding the text)"
+        )
+
+    if config.format == "parquet":
+        import pyarrow.parquet
+
+        try:
+            return missing_columns(pyarrow.parquet.read_schema(source).names)
+        except (OSError, pyarrow.ArrowException) as err:
+            return f"corpus file {source} is not a parquet file ({err.__class__.__name__})"
+    handle = _open_text(source)
+    if handle is None:
+        return None
+    with handle:
+        try:
+            if config.format == "csv":
+                header = next(csv.reader([handle.readline()]), [])
+                return missing_columns(header)
+            line = ""
+            while not line.strip():
+                line = handle.readline()
+                if not line:
+                    return None  # no record at all: the empty-corpus check speaks for it
+        except (OSError, EOFError, UnicodeError) as err:
+            return f"corpus file {source} cannot be read ({err.__class__.__name__})"
+    if line.lstrip().startswith("["):
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return (
+            f'corpus file {source} is declared "format": "json" but its first line is not JSON '
+            f'({line.strip()[:40]!r}); use "format": "text" for plain text'
+        )
+    if not isinstance(record, dict):
+        return f"corpus file {source}: its first JSON line holds a {type(record).__name__}, not an object"
+    return missing_columns(record)
 
 
 # ---- which part of the corpus each rank reads ----

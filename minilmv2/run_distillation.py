@@ -23,7 +23,11 @@ loads it), `loss_curve.png`, `trainer_state.json` (every logged loss), and `chec
 (trainer state, optimizer, scheduler, RNG, stream position, and the student; never the teacher). Resume with
 `--resume_from_checkpoint latest` (or a path; the reference's `--checkpoint_dir` works too). SIGTERM/SIGINT
 (SLURM preemption, Ctrl-C) writes a checkpoint and the student, then exits with status 128 + signal.
-Every value a user can get wrong is checked before a model is loaded: one line, exit status 2.
+Every value a user can get wrong is checked before a model is loaded: one line, exit status 2. That covers
+configs, weight-file headers, the tokenizer against the teacher, the first records and first tokens of each
+rank's share of the corpus, the output folder's permissions and lock (one run per --output_dir), the
+checkpoint to resume (intact, same student shape, same stream values) and the installed trackers.
+`--resume_from_checkpoint latest` takes the newest checkpoint that is complete and intact, naming any it skips.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from minilmv2.errors import UsageError, exit_on_usage_error
+from minilmv2.errors import UsageError, exit_on_usage_error, user_names
 
 GROUPS = ("data_params", "training_params", "model_params")
 VALIDATE_ONLY_FLAG = "--validate_only"
@@ -184,9 +188,15 @@ def parse_relations(text: str) -> dict[tuple[int, int], float]:
             f'--minilm_relations "{text}" is not a literal like "{{(1, 1): 1, (2, 2): 1, (3, 3): 1}}"'
         ) from None
     try:
-        return validate_relations(relations)
+        relations = validate_relations(relations)
     except ValueError as err:
         raise UsageError(f"--minilm_relations {text!r}: {err}") from None
+    if not any(weight > 0 for weight in relations.values()):
+        raise UsageError(
+            f"--minilm_relations {text!r} gives every relation weight 0: nothing would be distilled; give at "
+            "least one a positive weight"
+        )
+    return relations
 
 
 # ---- start-up checks: everything a user can get wrong, before any model is loaded ----
@@ -230,6 +240,11 @@ def load_teacher_config(model_dir: str):
         raise UsageError(f"--input_model_dir {model_dir} has no config.json; give a folder written by save_pretrained")
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise UsageError(f"--input_model_dir {model_dir} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    problem = teacher_weights_problem(path)
+    if problem:
+        raise UsageError(
+            f"--input_model_dir {model_dir}: {problem}; save or download the teacher again (save_pretrained)"
+        )
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:
@@ -240,6 +255,150 @@ def load_teacher_config(model_dir: str):
             f"{', '.join(sorted(ENCODER_LAYOUTS))}"
         )
     return config
+
+
+def teacher_weights_problem(path: Path) -> str | None:
+    """Why the teacher's weight files are truncated or damaged (from headers and sizes, no weights loaded)."""
+    from minilmv2.training import safetensors_problem, torch_file_problem
+
+    files = []
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index_name).is_file():
+            try:
+                shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError):
+                return f"{index_name} cannot be read"
+            files += [path / shard for shard in shards]
+    files += [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
+    for file in files:
+        if not file.is_file():
+            return f"{file.name} (listed in the weight index) is missing"
+        problem = safetensors_problem(file) if file.suffix == ".safetensors" else torch_file_problem(file)
+        if problem:
+            return problem
+    return None
+
+
+def load_tokenizer(model_args, teacher_config):
+    """The tokenizer (files only, no weights), checked against the teacher's embeddings."""
+    from transformers import AutoTokenizer
+
+    option, directory = tokenizer_option(model_args)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{option} {directory}: the tokenizer cannot be loaded ({_one_line(err)})") from None
+    vocab = getattr(teacher_config, "vocab_size", None)
+    if vocab and len(tokenizer) > vocab:
+        raise UsageError(
+            f"{option} {directory} has {len(tokenizer)} tokens but the teacher's embeddings have {vocab}; use the "
+            "tokenizer the teacher was trained with (or one with at most that many tokens)"
+        )
+    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if cls is None or sep is None:
+        raise UsageError(f"{option} {directory}: the tokenizer has no [CLS]/[SEP] (or BOS/EOS) tokens")
+    return tokenizer
+
+
+def tokenizer_option(model_args) -> tuple[str, str]:
+    if model_args.tokenizer_dir:
+        return "--tokenizer_dir", model_args.tokenizer_dir
+    return "--input_model_dir", model_args.input_model_dir
+
+
+def check_training_values(args) -> None:
+    """Optimizer and interval values TrainingArguments accepts but that make no sense (or crash later)."""
+    import math
+
+    def refuse(flag: str, value, valid: str):
+        raise UsageError(f"{flag} {value} is not valid; {valid}")
+
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        refuse("--learning_rate", args.learning_rate, "give a positive learning rate such as 6e-4")
+    if not args.adam_epsilon > 0:
+        refuse("--adam_epsilon", args.adam_epsilon, "give a small positive value such as 1e-6")
+    for flag, beta in (("--adam_beta1", args.adam_beta1), ("--adam_beta2", args.adam_beta2)):
+        if not 0 <= beta < 1:
+            refuse(flag, beta, "it must be in [0, 1)")
+    if not args.weight_decay >= 0:
+        refuse("--weight_decay", args.weight_decay, "it must be 0 or more")
+    if args.max_grad_norm is not None and not args.max_grad_norm >= 0:
+        refuse("--max_grad_norm", args.max_grad_norm, "it must be 0 (no clipping) or more")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        refuse("--warmup_steps", args.warmup_steps, "it must be 0 or more")
+    for kind in ("save", "logging", "eval"):
+        value = getattr(args, f"{kind}_steps")
+        if value is not None and not value > 0:
+            refuse(f"--{kind}_steps", value, "give a positive number of steps")
+
+
+def check_report_to(args) -> None:
+    """Every tracker in --report_to is known and installed (the Trainer would fail only once models are loaded)."""
+    from transformers.integrations import integration_utils as trackers
+
+    requested = [name for name in (args.report_to or []) if name not in ("none", "all")]
+    available = set(trackers.get_available_reporting_integrations())
+    if trackers.is_azureml_available():
+        available.add("azure_ml")
+    if trackers.is_flytekit_available() and trackers.is_flyte_deck_standard_available():
+        available.add("flyte")
+    for name in requested:
+        if name not in trackers.INTEGRATION_TO_CALLBACK:
+            known = ", ".join(sorted(trackers.INTEGRATION_TO_CALLBACK))
+            raise UsageError(f"--report_to {name} is not a tracker; valid: none, all, {known}")
+        if name not in available:
+            installed = ", ".join(sorted(available)) or "none"
+            raise UsageError(
+                f"--report_to {name}: {name} is not installed; install it, or report to an installed one "
+                f"({installed}) or none"
+            )
+
+
+def check_writable(output_dir: Path) -> None:
+    """The output folder (or the nearest existing folder above it, where it will be made) accepts new files."""
+    import tempfile
+
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output_dir {output_dir}: {existing} is a file, not a folder")
+    try:  # a real probe: permission bits say nothing for root, nor on a read-only mount
+        descriptor, probe = tempfile.mkstemp(prefix=".minilmv2-probe-", dir=existing)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as err:
+        where = "" if existing == output_dir else f" ({existing}, where it would be made)"
+        raise UsageError(
+            f"--output_dir {output_dir} is not writable{where}: {err.strerror}; choose a folder you can write to"
+        ) from None
+
+
+def check_student_matches(checkpoint: Path, model_args, teacher_config) -> None:
+    """A resumed checkpoint's student has the shape this run asks for (its weights must load into it)."""
+    try:
+        saved = json.loads((checkpoint / "student" / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # validate_checkpoint names a missing or unreadable student
+    asked = {
+        "--student_num_layers": ("num_hidden_layers", model_args.student_num_layers),
+        "--student_hidden_size": ("hidden_size", model_args.student_hidden_size),
+        "--student_attention_heads": ("num_attention_heads", model_args.student_attention_heads),
+        "--student_intermediate_size": (
+            "intermediate_size",
+            model_args.student_intermediate_size or 4 * model_args.student_hidden_size,
+        ),
+    }
+    differing = [f"{flag} {value} (it has {saved.get(key)})" for flag, (key, value) in asked.items()
+                 if key in saved and saved[key] != value]  # fmt: skip
+    if saved.get("vocab_size") not in (None, getattr(teacher_config, "vocab_size", None)):
+        differing.append(f"the teacher's vocabulary of {teacher_config.vocab_size} (it has {saved['vocab_size']})")
+    if differing:
+        raise UsageError(
+            f"checkpoint {checkpoint} holds a different student than this run asks for: {'; '.join(differing)}; "
+            "resume with the checkpoint's shape, or start afresh in another --output_dir"
+        )
 
 
 def check_tokenizer_dir(model_args) -> None:
@@ -343,17 +502,32 @@ def clear_previous_run(output_dir: Path) -> None:
         (output_dir / name).unlink(missing_ok=True)
 
 
-def resolve_checkpoint(requested: str | None, output_dir: Path) -> Path | None:
-    from minilmv2.training import last_complete_checkpoint
+def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path | None:
+    """The checkpoint to resume: the given path (checked by `check`), or for `latest` the newest one that is
+    complete and passes `check` (a function raising UsageError), each skipped one named with its reason."""
+    from minilmv2.training import CHECKPOINT_PREFIX, COMPLETE_MARKER, checkpoint_step
 
     if requested is None:
         return None
-    if requested in LATEST:
-        checkpoint = last_complete_checkpoint(output_dir)
-        if checkpoint is None:
-            raise UsageError(f"--resume_from_checkpoint {requested}: no complete checkpoint in {output_dir}")
+    if requested not in LATEST:
+        check(Path(requested))
+        return Path(requested)
+    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and checkpoint_step(p) >= 0]
+    skipped = []
+    for checkpoint in sorted(found, key=checkpoint_step, reverse=True):
+        if not (checkpoint / COMPLETE_MARKER).is_file():
+            continue  # a save that never finished: not a candidate (as before)
+        try:
+            check(checkpoint)
+        except UsageError as err:
+            print0(f"note: skipping {checkpoint}: {err}")
+            skipped.append(checkpoint.name)
+            continue
+        if skipped:
+            print0(f"resuming from {checkpoint}, the newest intact checkpoint (skipped: {', '.join(skipped)})")
         return checkpoint
-    return Path(requested)
+    detail = f" ({len(skipped)} skipped as corrupt or not fitting this run: {', '.join(skipped)})" if skipped else ""
+    raise UsageError(f"--resume_from_checkpoint {requested}: no complete, intact checkpoint in {output_dir}{detail}")
 
 
 @dataclasses.dataclass
@@ -370,43 +544,91 @@ class Plan:
     relations: dict
     checkpoint: Path | None
     restore_data: bool
+    tokenizer: object = None
+
+
+def stream_options(data_args, training_args, tokenizer) -> dict:
+    """What `TokenStream.options()` will say for this run's training stream (compared with a checkpoint's)."""
+    return {
+        "max_seq_len": data_args.max_seq_len,
+        "packing": not data_args.no_packing,
+        "shuffle_buffer": max(1, data_args.shuffle_buffer),
+        "seed": training_args.seed,
+        "vocab_size": len(tokenizer),
+    }
 
 
 def make_plan(argv: list[str]) -> Plan:
-    from minilmv2.data import load_corpus_config
+    """Every check, cheapest first; reads configs, headers, the tokenizer and the corpus's first records only."""
+    from minilmv2.data import first_record_problem, first_tokens_problem, load_corpus_config
+    from minilmv2.launch import check_output_lock
     from minilmv2.training import validate_checkpoint
 
     data_args, model_args, training_args, run_options = parse_args(argv)
     train_config = load_corpus_config(data_args.train_config, "--train_config")
     val_config = load_corpus_config(data_args.val_config, "--val_config") if data_args.val_config else None
     check_positive("--shuffle_buffer", data_args.shuffle_buffer)
+    if training_args.max_steps is None or training_args.max_steps < 1:
+        raise UsageError("--max_steps must be a positive number of optimizer steps (the corpus is a stream)")
+    check_positive("--per_device_train_batch_size", training_args.per_device_train_batch_size)
+    check_positive("--gradient_accumulation_steps", training_args.gradient_accumulation_steps)
+    check_training_values(training_args)
     teacher_config = load_teacher_config(model_args.input_model_dir)
     check_tokenizer_dir(model_args)
     check_shapes(model_args, teacher_config, data_args.max_seq_len)
     check_relation_kernel(model_args.relation_kernel, training_args)
     relations = parse_relations(model_args.minilm_relations)
-    if training_args.max_steps is None or training_args.max_steps < 1:
-        raise UsageError("--max_steps must be a positive number of optimizer steps (the corpus is a stream)")
-    check_positive("--per_device_train_batch_size", training_args.per_device_train_batch_size)
-    check_positive("--gradient_accumulation_steps", training_args.gradient_accumulation_steps)
     eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     if val_config is None and eval_strategy != "no":
         raise UsageError(
             f"--eval_strategy {eval_strategy} needs held-out text: pass data_params --val_config "
             "(or drop --eval_strategy)"
         )
+    if training_args.load_best_model_at_end:
+        if val_config is None:
+            raise UsageError("--load_best_model_at_end needs held-out text to rank checkpoints: pass --val_config")
+        if training_args.metric_for_best_model not in (None, "loss", "eval_loss"):
+            raise UsageError(
+                f"--metric_for_best_model {training_args.metric_for_best_model} is not reported; the held-out "
+                "metric is loss (eval_loss)"
+            )
+    check_report_to(training_args)
+    tokenizer = load_tokenizer(model_args, teacher_config)
 
     output_dir = Path(training_args.output_dir or "trainer_output")
     training_args.output_dir = str(output_dir)
+    check_writable(output_dir)
+    if env_rank() == 0:
+        check_output_lock(output_dir)  # rank 0 takes the lock later; other ranks would find their own run's
     requested = training_args.resume_from_checkpoint or model_args.checkpoint_dir
-    checkpoint = resolve_checkpoint(requested, output_dir)
-    restore_data = checkpoint is not None and not training_args.ignore_data_skip
-    if checkpoint is not None:
-        validate_checkpoint(checkpoint, planned_world_size(), restore_data, train_config)
+    restore_data = requested is not None and not training_args.ignore_data_skip
+    options = stream_options(data_args, training_args, tokenizer)
+
+    def check(candidate: Path) -> None:
+        validate_checkpoint(candidate, planned_world_size(), restore_data, train_config, options)
+        check_student_matches(candidate, model_args, teacher_config)
+
+    checkpoint = resolve_checkpoint(requested, output_dir, check)
+    restore_data = checkpoint is not None and restore_data
     check_output_dir(output_dir, checkpoint is not None, run_options.overwrite_output_dir)
+
+    # The corpus last (it reads files): the declared format and columns, then each rank's first tokens.
+    world_size = planned_world_size()
+    for option, config in (("--train_config", train_config), ("--val_config", val_config)):
+        if config is None:
+            continue
+        path = data_args.train_config if option == "--train_config" else data_args.val_config
+        problem = first_record_problem(config)
+        if problem:
+            raise UsageError(f"{option} {path}: {problem}")
+        ranks = range(world_size) if option == "--train_config" else [0]  # held-out text is read whole by all
+        for rank in ranks:
+            problem = first_tokens_problem(config, tokenizer, rank, world_size if len(ranks) > 1 else 1, option)
+            if problem:
+                raise UsageError(problem)
     return Plan(
         data_args, model_args, training_args, run_options, train_config, val_config, teacher_config, relations,
-        checkpoint, restore_data,
+        checkpoint, restore_data, tokenizer,
     )  # fmt: skip
 
 
@@ -434,6 +656,20 @@ def configure_training_args(training_args, has_val: bool) -> None:
         training_args.dataloader_num_workers = 0
 
 
+def newest_intact_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint whose files and student fingerprint check out, or None."""
+    from minilmv2.training import CHECKPOINT_PREFIX, COMPLETE_MARKER, checkpoint_step, validate_checkpoint
+
+    found = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE_MARKER).is_file()]
+    for checkpoint in sorted(found, key=checkpoint_step, reverse=True):
+        try:
+            validate_checkpoint(checkpoint, 1, restore_data=False)
+        except UsageError:
+            continue
+        return checkpoint
+    return None
+
+
 def print0(*args) -> None:
     if env_rank() == 0:
         print(*args, flush=True)
@@ -441,18 +677,23 @@ def print0(*args) -> None:
 
 def run(plan: Plan) -> int:
     """Load, train, export; the SIGTERM/SIGINT handlers live only as long as training."""
+    from minilmv2.launch import acquire_output_lock, release_output_lock, watch_parent
     from minilmv2.training import StopSignal
 
+    watch_parent()
+    output_dir = plan.training_args.output_dir
+    lock = acquire_output_lock(output_dir) if env_rank() == 0 else None
     stop_signal = StopSignal().install()
     try:
         return train_and_export(plan, stop_signal)
     finally:
         stop_signal.restore()
+        release_output_lock(lock, output_dir)
 
 
 def train_and_export(plan: Plan, stop_signal) -> int:
     import torch
-    from transformers import AutoModel, AutoTokenizer, set_seed
+    from transformers import AutoModel, set_seed
 
     from minilmv2 import MiniLM, build_student, student_config_from_teacher
     from minilmv2.data import PadCollator, TokenStream
@@ -472,7 +713,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     configure_training_args(args, plan.val_config is not None)
     set_seed(args.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_dir or model_args.input_model_dir)
+    tokenizer = plan.tokenizer
     print0(f"loading the teacher from {model_args.input_model_dir}")
     teacher = AutoModel.from_pretrained(model_args.input_model_dir)
     student_config = student_config_from_teacher(
@@ -516,9 +757,11 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     )  # fmt: skip
     val_stream = None
     if plan.val_config is not None:
+        # Every rank packs the whole held-out text the same way and scores its own sequences (i = rank mod world).
         val_stream = TokenStream(
-            plan.val_config, tokenizer, data_args.max_seq_len, shuffle_buffer=1, infinite=False, **stream_options
-        )
+            plan.val_config, tokenizer, data_args.max_seq_len, shuffle_buffer=1, infinite=False,
+            sequence_shard=(rank, world_size), name="--val_config", **stream_options,
+        )  # fmt: skip
     if plan.restore_data:
         state_file = plan.checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
         try:
@@ -543,12 +786,12 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     try:
         trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     except NonFiniteLossError as err:
-        good = last_complete_checkpoint(output_dir)
         if env_rank() == 0:
+            good = newest_intact_checkpoint(output_dir)
+            advice = "Lower --learning_rate" + (" or use --bf16 instead of --fp16" if args.fp16 else "")
             print(
                 f"error: {err}; stopped before applying it. Last good checkpoint: "
-                f"{good or 'none (no checkpoint yet)'}. Lower --learning_rate or use --bf16 instead of --fp16, "
-                "then resume from it.",
+                f"{good or 'none (no checkpoint yet)'}. {advice}, then resume from it.",
                 file=sys.stderr,
                 flush=True,
             )
@@ -606,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
             raise  # printed once, as one line, by exit_on_usage_error
         if getattr(err, "after_plan", False):
             # Raised while training (e.g. this rank's stream position): rank 0 may never see it.
-            print(f"rank {env_rank()}: error: {err}", file=sys.stderr, flush=True)
+            print(f"rank {env_rank()}: error: {user_names(str(err))}", file=sys.stderr, flush=True)
         # Start-up checks fail alike on every rank: rank 0 has said it.
         raise SystemExit(2) from None
 

@@ -1,6 +1,6 @@
 """Trainer -> saved student: the HF Trainer, taught to save the student (not the distiller) and to stop safely.
 
-`DistillationTrainer` is a `transformers.Trainer` whose model is the `MiniLM` distiller. It changes five things:
+`DistillationTrainer` is a `transformers.Trainer` whose model is the `MiniLM` distiller. It changes these things:
 
 - Data: the `TokenStream` already holds only this rank's share, so the train loader is a plain `DataLoader`.
   `accelerator.prepare` would shard it a second time (accelerate 1.15 wraps any torch IterableDataset in
@@ -15,7 +15,11 @@
 - Every micro-step, all ranks agree (one tiny all-reduce) whether the loss is finite and whether a
   SIGTERM/SIGINT arrived: a non-finite loss stops before the optimizer step (the last checkpoint stays the
   last good one); a signal makes every rank save a checkpoint at the end of the current step and stop.
-- Evaluation reports the distillation loss (there are no labels).
+- Evaluation reports the distillation loss (there are no labels) as the mean over held-out sequences: each
+  rank scores its own share (`TokenStream(sequence_shard=...)`), sums and counts are all-reduced, so every
+  sequence counts once with equal weight and the figure does not depend on the number of processes.
+- `--load_best_model_at_end` loads the best checkpoint's student; logging, eval and save intervals given
+  on a resumed run win over the checkpoint's.
 - Logs carry the resident memory of rank 0 (`rss_mb`) so long runs show any growth.
 """
 
@@ -174,6 +178,12 @@ class DistillationTrainer(Trainer):
             super()._load_rng_state(checkpoint)
         return batches
 
+    def _init_training_state(self, max_steps, *args, **kwargs):
+        result = super()._init_training_state(max_steps, *args, **kwargs)
+        # A resumed TrainerState brings the checkpoint's logging/eval/save intervals; the ones given now win.
+        self.state.compute_steps(self.args, max_steps)
+        return result
+
     # -- faults --
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -196,6 +206,43 @@ class DistillationTrainer(Trainer):
         return loss
 
     # -- evaluation: the distillation loss on held-out text --
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Mean distillation loss over the held-out sequences, each counted once, whatever the number of ranks.
+
+        The Trainer's loop averages batch means (a last batch of one sequence weighs as much as a full one) and,
+        on several ranks, fills the last global batch by cycling back, scoring some sequences twice. Here each
+        rank scores its own sequences (the stream is sharded by sequence) and the sums are all-reduced.
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
+        model = self.model  # the distiller itself, not the DDP wrapper: no gradient, nothing to synchronise
+        was_training = model.training
+        model.eval()
+        totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # (sum of losses, sequences)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                size = batch["input_ids"].shape[0]
+                # The distiller's loss is the batch mean of per-sequence losses: times the batch size, their sum.
+                totals[0] += model(**batch)["loss"].double() * size
+                totals[1] += size
+        model.train(was_training)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        total, count = totals.tolist()
+        if count == 0:
+            raise UsageError("the held-out corpus (--val_config) yields no sequence to evaluate")
+        metrics = {f"{metric_key_prefix}_loss": total / count, f"{metric_key_prefix}_sequences": int(count)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _load_best_model(self) -> None:
+        if self.stopped_by_signal is not None:
+            return  # a stop keeps the student that matches the checkpoint just written
+        print(f"loading the best student ({self.state.best_metric}) from {self.state.best_model_checkpoint}")
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -253,11 +300,45 @@ class DistillationTrainer(Trainer):
 
 def parameters_sha256(model: torch.nn.Module) -> str:
     """SHA-256 of every parameter's bytes, in state-dict order: equal iff the weights are bitwise equal."""
+    return tensors_sha256(model.state_dict().items())
+
+
+def tensors_sha256(named_tensors) -> str:
+    """SHA-256 of (name, tensor) pairs in the given order (names and raw bytes)."""
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in named_tensors:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def student_fingerprint_problem(checkpoint: str | os.PathLike) -> str | None:
+    """Why `checkpoint`'s student weights differ from the sha256 its ranks recorded when saving, or None.
+
+    Catches bytes changed at the right file size, which the header checks cannot. The hash runs in the
+    student's state-dict order, which a weightless (meta-device) model of the saved config gives.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    checkpoint = Path(checkpoint)
+    try:
+        expected = json.loads((checkpoint / DATA_STATE_DIR / "rank-0.json").read_text()).get("student_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None  # the stream position checks report a missing or unreadable record
+    if not expected:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(checkpoint / STUDENT_DIR)
+        with torch.device("meta"):
+            names = list(AutoModel.from_config(config).state_dict())
+        weights = load_file(checkpoint / STUDENT_DIR / "model.safetensors")
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        return f"{STUDENT_DIR}/ cannot be read ({err.__class__.__name__})"
+    if sorted(names) != sorted(weights):
+        return f"{STUDENT_DIR}/model.safetensors does not hold the parameters of its config"
+    if tensors_sha256((name, weights[name]) for name in names) != expected:
+        return f"{STUDENT_DIR}/model.safetensors does not match the sha256 recorded when it was saved (bytes changed)"
+    return None
 
 
 # ---- checkpoint discovery and validation (run before any model is loaded) ----
@@ -306,11 +387,20 @@ def rotate_complete_checkpoints(
     return deleted
 
 
-def validate_checkpoint(checkpoint: str | os.PathLike, world_size: int, restore_data: bool, train_config=None) -> None:
+def validate_checkpoint(
+    checkpoint: str | os.PathLike,
+    world_size: int,
+    restore_data: bool,
+    train_config=None,
+    stream_options: dict | None = None,
+    verify_student: bool = True,
+) -> None:
     """UsageError naming what is missing or damaged in `checkpoint`, so a resume never dies half-way.
 
-    With `restore_data`, every rank's saved stream position must exist and, given the run's `train_config`
-    (a `CorpusConfig`), belong to the same corpus split the same way.
+    The student's weights must match the sha256 recorded when they were saved (`verify_student`). With
+    `restore_data`, every rank's saved stream position must exist and, given the run's `train_config` (a
+    `CorpusConfig`) and `stream_options` (`TokenStream.options()`), belong to the same corpus split the same way
+    and to a stream that yields the same sequences.
     """
     from minilmv2.data import rank_units, stream_state_mismatch, unit_records
 
@@ -333,6 +423,8 @@ def validate_checkpoint(checkpoint: str | os.PathLike, world_size: int, restore_
     problem = safetensors_problem(checkpoint / STUDENT_DIR / "model.safetensors")
     for name in ("optimizer.pt", "scheduler.pt"):
         problem = problem or torch_file_problem(checkpoint / name)
+    if not problem and verify_student:
+        problem = student_fingerprint_problem(checkpoint)
     if problem:
         raise UsageError(f"checkpoint {checkpoint} is corrupt: {problem}; {advice}")
     if restore_data:
@@ -354,12 +446,12 @@ def validate_checkpoint(checkpoint: str | os.PathLike, world_size: int, restore_
                 ) from None
             if train_config is not None:
                 units = unit_records(rank_units(train_config, rank, world_size))
-                problem = stream_state_mismatch(state, units, world_size)
+                problem = stream_state_mismatch(state, units, world_size, stream_options)
                 if problem:
                     raise UsageError(
                         f"checkpoint {checkpoint}: the saved stream position of rank {rank} does not fit this run: "
-                        f"{problem}; resume with the checkpoint's corpus config, or pass --ignore_data_skip to "
-                        "restart the data stream"
+                        f"{problem}; resume with the checkpoint's corpus config and values, or pass "
+                        "--ignore_data_skip to restart the data stream"
                     )
 
 

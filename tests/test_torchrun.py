@@ -57,7 +57,7 @@ def test_two_ranks_share_the_corpus_and_stay_identical(corpus_dir, tmp_path):
 
     # Rank 1 started in the second half of the file: it never read (or tokenised) rank 0's half.
     size = Path(config.sources[0]).stat().st_size
-    assert records[1]["stream"]["unit_position"] > size // 2 > records[0]["stream"]["unit_position"]
+    assert records[1]["stream"]["unit_position"][0] > size // 2 > records[0]["stream"]["unit_position"][0]
     # The logged token count is the global one: both ranks' packed, unpadded batches.
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["num_input_tokens_seen"] == 2 * STEPS * BATCH * SEQ_LEN

@@ -1,0 +1,171 @@
+"""The process run.sh becomes: torchrun, with the exit status and output the README promises, and run safety.
+
+    python -m minilmv2.launch [torchrun options] -m minilmv2.run_distillation <groups>
+
+It runs `torch.distributed.run` in this process and changes how it ends:
+- SIGTERM/SIGINT (SLURM, Ctrl-C, `kill`): torchrun passes the signal to the workers, which write a checkpoint
+  and the student; this process then exits with 128 + signal instead of torchrun's traceback and status 1.
+  run.sh gives the workers `--shutdown-timeout` seconds (STOP_TIMEOUT, default 600, not torchrun's 30) to save.
+- A worker that failed with a user error (status 2, its line already printed) or was stopped by a signal:
+  that status is passed on; any other failure: one line naming the rank and its status (traceback above).
+
+Also here, for the workers: `watch_parent` (a worker exits when its launcher is killed, even by SIGKILL,
+instead of training on alone) and the OUTPUT_DIR lock (one run at a time per output folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from minilmv2.errors import UsageError
+
+LOCK_NAME = ".minilmv2-run.lock"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except SignalException as stop:
+        # torchrun has passed the signal on and waited for the workers (they saved and said so).
+        return 128 + int(stop.sigval)
+    except ChildFailedError as failed:
+        rank, failure = min(failed.failures.items())
+        code = failure.exitcode
+        status = 128 - code if code < 0 else code  # killed by signal n: exitcode -n, the shell's 128 + n
+        if code not in (2,) and status <= 128:
+            print(f"error: rank {rank} exited with status {code} (its output is above)", file=sys.stderr, flush=True)
+        return status if 0 < status < 256 else 1
+    return 0
+
+
+# ---- in the workers ----
+
+
+def watch_parent(interval: float = 0.5) -> threading.Thread | None:
+    """Under torchrun: exit this worker as soon as its launcher is gone (killed with SIGKILL, say).
+
+    torchrun starts each worker in a session of its own, so a signal to the launcher's process group never
+    reaches it, and a SIGKILL cannot be passed on. The worker notices that it was re-parented and exits.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None  # a plain `python -m` run: its parent is a shell, which may exit (nohup) without stopping it
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                print(
+                    f"rank {os.environ.get('RANK', '?')}: the launcher (pid {parent}) is gone; stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(128 + signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="launcher-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _holder(path: Path) -> str:
+    try:
+        record = json.loads(path.read_text())
+        text = f"pid {record['pid']}"
+        if record.get("launcher_pid"):
+            text += f", launched by pid {record['launcher_pid']}"
+        return f"{text} on {record.get('host', '?')}, since {record.get('started', '?')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process whose lock file cannot be read"
+
+
+def _in_use(output_dir: Path, path: Path) -> UsageError:
+    return UsageError(
+        f"--output_dir {output_dir} is in use by another run ({_holder(path)}); wait for it to end or stop it, "
+        "or choose another --output_dir"
+    )
+
+
+def check_output_lock(output_dir: str | os.PathLike) -> None:
+    """UsageError if a live run holds `output_dir`'s lock (a lock left by a dead process is free); writes nothing."""
+    path = Path(output_dir) / LOCK_NAME
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(Path(output_dir), path) from None
+    except OSError:
+        return  # this filesystem has no locks: nothing to check
+    finally:
+        os.close(descriptor)
+
+
+def acquire_output_lock(output_dir: str | os.PathLike) -> int | None:
+    """Lock `output_dir` for this run (rank 0); its descriptor, to pass to `release_output_lock`.
+
+    An flock: the kernel drops it when the holder dies, however it dies, so a lock left by a killed run is
+    taken over (and said so). The file records the holder's pid for the message of a refused second run.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / LOCK_NAME
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise _in_use(output_dir, path) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            print(f"note: {output_dir} cannot be locked on this filesystem; make sure no other run uses it")
+            return descriptor
+        try:
+            same_file = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:  # else the previous holder removed it between our open and flock: open the new one
+            break
+        os.close(descriptor)
+    previous = os.read(descriptor, 4096)
+    if previous.strip():
+        print(f"note: taking over the lock of {output_dir} left by {_holder(path)}, which is no longer running")
+    record = {
+        "pid": os.getpid(),
+        "launcher_pid": os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None,
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, json.dumps(record).encode(), 0)
+    return descriptor
+
+
+def release_output_lock(descriptor: int | None, output_dir: str | os.PathLike) -> None:
+    if descriptor is None:
+        return
+    with contextlib.suppress(OSError):  # removed while still held: a waiting opener re-checks the inode
+        os.unlink(Path(output_dir) / LOCK_NAME)
+    os.close(descriptor)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
