@@ -2,11 +2,16 @@
 
     python bench/bench_step.py                 # CPU: bf16 step time at 16 x 128 and fp32 peak memory at 4 x 512
     python bench/bench_step.py --compile       # also time minilmv2 with the relation math under torch.compile
-    python bench/bench_step.py --device cuda --teacher-shape 12x768 --batch 64 --seq 512   # GPU figures
+    python bench/bench_step.py --device cuda --teacher-shape 12x768 --student-shape 6x384 --batch 64 --seq 512 \
+        --mem-batch 64 --mem-seq 512 --mem-dtype bf16 --largest    # GPU figures (bench/gpu_check.sh runs this)
 
-Speed: forward + backward of the loss under autocast, the two implementations alternating so both see the same
-machine; median of --repeats after --warmup. Memory: each implementation in a fresh process, peak resident
-memory (CPU, VmHWM) or peak allocated memory (CUDA) during one fp32 step, minus what was held before the step.
+Speed: forward + backward of the loss under autocast, the implementations alternating so all see the same
+machine; median of --repeats after --warmup. minilmv2 runs once per relation kernel (--kernels: torch = the
+chunked PyTorch path, compile = its chunk math under torch.compile, triton = the fused kernel). Relation loss
+alone (--relation-only, default on CUDA): forward + backward of the Q-Q/K-K/V-V loss on random states of the
+step's shapes, per kernel. Memory: each implementation in a fresh process, peak resident memory (CPU, VmHWM) or
+peak allocated memory (CUDA) during one --mem-dtype step, minus what was held before the step. --largest (CUDA):
+the largest batch (doubling from --batch) each implementation fits, with its step time and peak memory.
 The teacher is the real pretrained 6 x 384 BERT from .assets/teacher when present, else random weights.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -28,7 +34,7 @@ from reference_algorithm import ReferenceMiniLM  # noqa: E402
 
 from minilmv2 import MiniLM, build_student, student_config_from_teacher  # noqa: E402
 from minilmv2.assets import default_dest  # noqa: E402
-from minilmv2.relations import use_compiled_chunks  # noqa: E402
+from minilmv2.relations import relation_loss  # noqa: E402
 
 RELATIONS = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
 
@@ -69,14 +75,16 @@ def make_batch(args, batch: int, seq: int):
     }
 
 
-def build(args, which: str, compute_dtype):
+def build(args, which: str, compute_dtype, kernel: str = "torch"):
     teacher, student = load_models(args, "eager" if which == "reference" else "sdpa")
     layers = teacher.config.num_hidden_layers
     if which == "reference":
         return ReferenceMiniLM(
             teacher, student, L=layers, M=student.config.num_hidden_layers, relations=RELATIONS, A_r=args.relation_heads
         ).train()
-    model = MiniLM(teacher=teacher, student=student, relations=RELATIONS, A_r=args.relation_heads).train()
+    model = MiniLM(
+        teacher=teacher, student=student, relations=RELATIONS, A_r=args.relation_heads, kernel=kernel
+    ).train()
     if compute_dtype != torch.float32:
         model.cast_teacher(compute_dtype)  # a frozen teacher needs no fp32 master weights
     return model
@@ -96,30 +104,91 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def compute_dtype(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def variant_name(kernel: str) -> str:
+    return f"minilmv2 {kernel}"
+
+
 def time_steps(args) -> dict:
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16 if args.dtype == "fp16" else torch.float32
+    dtype = compute_dtype(args.dtype)
     batch = make_batch(args, args.batch, args.seq)
-    variants = {"reference": build(args, "reference", dtype), "minilmv2": build(args, "minilmv2", dtype)}
-    if args.compile:
-        variants["minilmv2 + compile"] = variants["minilmv2"]
+    minilm = build(args, "minilmv2", dtype)
+    variants = {"reference": (build(args, "reference", dtype), None)}
+    variants.update({variant_name(kernel): (minilm, kernel) for kernel in args.kernels})
     times = {name: [] for name in variants}
     losses = {}
-    for name, model in variants.items():  # warm-up (and compilation)
-        use_compiled_chunks(name.endswith("compile"))
+    for name, (model, kernel) in variants.items():  # warm-up (and compilation)
+        if kernel:
+            model.kernel = kernel  # one model for every kernel: the same weights, no second copy in memory
         for _ in range(args.warmup):
             losses[name] = step(model, batch, dtype, args.device).float().item()
     for _ in range(args.repeats):
-        for name, model in variants.items():
-            use_compiled_chunks(name.endswith("compile"))
+        for name, (model, kernel) in variants.items():
+            if kernel:
+                model.kernel = kernel
             sync(args.device)
             start = time.perf_counter()
             step(model, batch, dtype, args.device)
             sync(args.device)
             times[name].append(time.perf_counter() - start)
-    use_compiled_chunks(False)
     return {
         name: {"median_s": statistics.median(t), "min_s": min(t), "loss": losses[name]} for name, t in times.items()
     }
+
+
+def relation_flops(args, batch: int) -> float:
+    """Matmul FLOPs of the relation loss (3 pairs): teacher and student logits, two student gradient matmuls."""
+    _, t_hidden = (int(x) for x in args.teacher_shape.split("x"))
+    _, s_hidden = (int(x) for x in args.student_shape.split("x"))
+    per_pair = 2 * batch * args.seq * args.seq * (t_hidden + 3 * s_hidden)
+    return len(RELATIONS) * per_pair
+
+
+def time_relation_loss(args) -> dict:
+    """Forward + backward of the relation loss alone, per kernel, on random states shaped like the step's."""
+    dtype = compute_dtype(args.dtype)
+    _, t_hidden = (int(x) for x in args.teacher_shape.split("x"))
+    _, s_hidden = (int(x) for x in args.student_shape.split("x"))
+    mask = make_batch(args, args.batch, args.seq)["attention_mask"].bool()
+    generator = torch.Generator().manual_seed(2)
+
+    def states(hidden):
+        return {
+            k: torch.randn(args.batch, args.seq, hidden, generator=generator).to(args.device, dtype) for k in (1, 2, 3)
+        }
+
+    teacher, student = states(t_hidden), {k: v.requires_grad_(True) for k, v in states(s_hidden).items()}
+    results = {}
+    for kernel in args.kernels:
+
+        def run(kernel=kernel):
+            loss, _ = relation_loss(teacher, student, mask, RELATIONS, args.relation_heads, kernel=kernel)
+            loss.backward()
+            for v in student.values():
+                v.grad = None
+            return loss.detach()
+
+        for _ in range(args.warmup):
+            loss = run()
+        times = []
+        for _ in range(args.repeats):
+            sync(args.device)
+            start = time.perf_counter()
+            run()
+            sync(args.device)
+            times.append(time.perf_counter() - start)
+        peak = None
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            run()
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+        results[kernel] = {"median_s": statistics.median(times), "loss": loss.float().item(), "peak_extra_mib": peak}
+    return results
 
 
 def model_flops(args) -> float:
@@ -160,29 +229,97 @@ def _peak_rss_kib() -> int:
 
 
 def memory_child(args) -> dict:
-    """Runs in a fresh process: peak extra memory of one fp32 step of `args.which`."""
+    """Runs in a fresh process: peak extra memory of one --mem-dtype step of `args.which` (and step time, with
+    --child-repeats). A CUDA out-of-memory error is reported as {"oom": true}."""
     batch = make_batch(args, args.mem_batch, args.mem_seq)
-    model = build(args, args.which, torch.float32)
+    dtype = compute_dtype(args.mem_dtype)
+    model = build(args, args.which, dtype, args.child_kernel)
     if args.device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step(model, batch, torch.float32, "cuda")
-        torch.cuda.synchronize()
-        return {"peak_extra_mib": (torch.cuda.max_memory_allocated() - before) / 2**20}
+        try:
+            for _ in range(args.warmup if args.child_repeats else 0):
+                step(model, batch, dtype, "cuda")
+            times = []
+            for _ in range(args.child_repeats):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                step(model, batch, dtype, "cuda")
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            step(model, batch, dtype, "cuda")
+            torch.cuda.synchronize()
+        except torch.OutOfMemoryError:
+            return {"oom": True}
+        result = {"peak_extra_mib": (torch.cuda.max_memory_allocated() - before) / 2**20}
+        if times:
+            result["median_s"] = statistics.median(times)
+        return result
     before = _current_rss_kib()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    step(model, batch, torch.float32, "cpu")
+    step(model, batch, dtype, "cpu")
     return {"peak_extra_mib": (_peak_rss_kib() - before) / 1024}
 
 
+def implementations(args) -> list[tuple[str, str, str]]:
+    """(row name, which, kernel) of every implementation measured."""
+    return [("reference", "reference", "torch")] + [(variant_name(k), "minilmv2", k) for k in args.kernels]
+
+
+def run_child(args, which: str, kernel: str, batch: int, seq: int, repeats: int = 0) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        *sys.argv[1:],
+        "--memory-child",
+        which,
+        "--child-kernel",
+        kernel,
+        "--mem-batch",
+        str(batch),
+        "--mem-seq",
+        str(seq),
+        "--child-repeats",
+        str(repeats),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        tail = completed.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        return {"error": tail[0]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def measure_memory(args) -> dict:
+    return {
+        name: run_child(args, which, kernel, args.mem_batch, args.mem_seq)
+        for name, which, kernel in implementations(args)
+    }
+
+
+def largest_batches(args) -> dict:
+    """Per implementation: the largest batch (doubling from --batch up to --max-batch) whose step runs."""
     results = {}
-    for which in ("reference", "minilmv2"):
-        command = [sys.executable, __file__, "--memory-child", which, *sys.argv[1:]]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[which] = json.loads(output.strip().splitlines()[-1])
+    for name, which, kernel in implementations(args):
+        best = None
+        batch = args.batch
+        while batch <= args.max_batch:
+            row = run_child(args, which, kernel, batch, args.seq, repeats=args.largest_repeats)
+            print(f"  {name} batch {batch}: {row}", flush=True)
+            if "peak_extra_mib" not in row:
+                break
+            best = {"batch": batch, **row}
+            batch *= 2
+        results[name] = best
     return results
+
+
+def default_peak_tflops(args) -> float | None:
+    """Dense bf16/fp16 peak of known GPUs, for MFU (H100 / H200 SXM: 989.4 TFLOP/s)."""
+    if args.device != "cuda" or args.dtype == "fp32":
+        return None
+    name = torch.cuda.get_device_name()
+    return 989.4 if ("H100" in name or "H200" in name) else None
 
 
 def main():
@@ -198,52 +335,122 @@ def main():
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--mem-batch", type=int, default=4)
     parser.add_argument("--mem-seq", type=int, default=512)
+    parser.add_argument("--mem-dtype", default="fp32", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd relation math")
     parser.add_argument(
+        "--kernels",
+        default=None,
+        help="comma-separated relation kernels for minilmv2 (torch, compile, triton); "
+        "default: torch (+compile with --compile) on CPU, torch,compile,triton on CUDA",
+    )
+    parser.add_argument(
+        "--relation-only",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the relation loss alone per kernel (default: on CUDA)",
+    )
+    parser.add_argument("--largest", action="store_true", help="CUDA: largest batch each implementation fits")
+    parser.add_argument("--max-batch", type=int, default=1024)
+    parser.add_argument("--largest-repeats", type=int, default=3)
+    parser.add_argument(
         "--peak-tflops", type=float, default=None, help="the device's dense peak for --dtype, for MFU (H100 bf16: 989)"
     )
     parser.add_argument("--skip", choices=["speed", "memory"], default=None)
     parser.add_argument("--memory-child", choices=["reference", "minilmv2"], dest="which", help=argparse.SUPPRESS)
+    parser.add_argument("--child-kernel", default="torch", help=argparse.SUPPRESS)
+    parser.add_argument("--child-repeats", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.kernels is None:
+        args.kernels = "torch,compile,triton" if args.device == "cuda" else "torch,compile" if args.compile else "torch"
+    args.kernels = args.kernels.split(",")
+    if args.compile and "compile" not in args.kernels:
+        args.kernels.append("compile")
+    for kernel in args.kernels:
+        if kernel not in ("torch", "compile", "triton"):
+            parser.error(f"--kernels: {kernel!r} is not one of torch, compile, triton")
+    if args.relation_only is None:
+        args.relation_only = args.device == "cuda"
     if args.which:
         print(json.dumps(memory_child(args)))
         return
+    if args.peak_tflops is None:
+        args.peak_tflops = default_peak_tflops(args)
 
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device} ({device_name})")
     print(
         f"teacher {args.teacher_shape}, student {args.student_shape}, A_r {args.relation_heads}, relations Q-Q K-K V-V"
     )
+    mfu_header = f"{'MFU':>8}" if args.peak_tflops else ""
+
+    def rate(flops: float, seconds: float) -> str:
+        achieved = flops / seconds / 1e12
+        mfu = f"{100 * achieved / args.peak_tflops:>7.1f}%" if args.peak_tflops else ""
+        return f"{achieved:>10.2f}{mfu}"
+
     if args.skip != "speed":
         timing = time_steps(args)
         print(f"\nstep time, {args.dtype} autocast, batch {args.batch} x {args.seq} (rows padded to varying lengths)")
         base = timing["reference"]["median_s"]
         flops = model_flops(args)
-        mfu_header = f"{'MFU':>8}" if args.peak_tflops else ""
         print(
             f"{'implementation':<22}{'median s':>10}{'min s':>10}{'speed-up':>10}{'TFLOP/s':>10}"
             f"{mfu_header}{'loss':>10}"
         )
         for name, row in timing.items():
-            achieved = flops / row["median_s"] / 1e12
-            mfu = f"{100 * achieved / args.peak_tflops:>7.1f}%" if args.peak_tflops else ""
             print(
                 f"{name:<22}{row['median_s']:>10.3f}{row['min_s']:>10.3f}"
-                f"{base / row['median_s']:>9.2f}x{achieved:>10.2f}{mfu}{row['loss']:>10.5f}"
+                f"{base / row['median_s']:>9.2f}x{rate(flops, row['median_s'])}{row['loss']:>10.5f}"
             )
         print(f"(model FLOPs per step: {flops / 1e12:.3f} TFLOP, matmuls only)")
+    if args.relation_only:
+        relation = time_relation_loss(args)
+        print(
+            f"\nrelation loss alone (3 pairs, forward + backward), {args.dtype} states, batch {args.batch} x {args.seq}"
+        )
+        base = relation.get("torch", next(iter(relation.values())))["median_s"]
+        print(f"{'kernel':<22}{'median s':>10}{'vs torch':>10}{'TFLOP/s':>10}{mfu_header}{'peak MiB':>10}{'loss':>10}")
+        flops = relation_flops(args, args.batch)
+        for kernel, row in relation.items():
+            peak = "-" if row["peak_extra_mib"] is None else f"{row['peak_extra_mib']:.0f}"
+            print(
+                f"{kernel:<22}{row['median_s']:>10.4f}{base / row['median_s']:>9.2f}x{rate(flops, row['median_s'])}"
+                f"{peak:>10}{row['loss']:>10.5f}"
+            )
     if args.skip != "memory":
         memory = measure_memory(args)
-        print(f"\npeak extra memory of one fp32 step, batch {args.mem_batch} x {args.mem_seq}")
-        base = memory["reference"]["peak_extra_mib"]
+        print(f"\npeak extra memory of one {args.mem_dtype} step, batch {args.mem_batch} x {args.mem_seq}")
+        base = memory["reference"].get("peak_extra_mib", math.nan)
         print(f"{'implementation':<22}{'MiB':>10}{'ratio':>10}")
         for name, row in memory.items():
+            if "peak_extra_mib" not in row:
+                print(f"{name:<22}{'failed':>10}  {row}")
+                continue
             print(f"{name:<22}{row['peak_extra_mib']:>10.0f}{row['peak_extra_mib'] / base:>9.2f}x")
+    if args.largest and args.device == "cuda":
+        print(
+            f"\nlargest batch that fits (doubling from {args.batch}, at most {args.max_batch}), {args.mem_dtype} step"
+        )
+        largest = largest_batches(args)
+        print(
+            f"{'implementation':<22}{'batch':>8}{'median s':>10}{'tokens/s':>12}{'TFLOP/s':>10}"
+            f"{mfu_header}{'peak MiB':>10}"
+        )
+        for name, row in largest.items():
+            if row is None:
+                print(f"{name:<22}{'none':>8}")
+                continue
+            flops = model_flops(argparse.Namespace(**{**vars(args), "batch": row["batch"]}))
+            print(
+                f"{name:<22}{row['batch']:>8}{row['median_s']:>10.3f}{row['batch'] * args.seq / row['median_s']:>12.0f}"
+                f"{rate(flops, row['median_s'])}{row['peak_extra_mib']:>10.0f}"
+            )
 
 
 if __name__ == "__main__":

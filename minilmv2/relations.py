@@ -127,7 +127,7 @@ def relation_kl_chunk(
     return loss, grad_left, grad_right
 
 
-# Set by `use_compiled_chunks`; the plain PyTorch function above is the reference path.
+# The chunk function of kernel="torch" (the reference path), looked up at call time so tests can record calls.
 _chunk_fn: Callable = relation_kl_chunk
 _compiled_chunk_fn: Callable | None = None
 
@@ -136,14 +136,9 @@ _compiled_chunk_fn: Callable | None = None
 KERNELS = ("auto", "torch", "compile", "triton")
 
 
-def use_compiled_chunks(enabled: bool = True) -> None:
-    """Run the chunk math through torch.compile (fuses the elementwise passes over the S x S tensors)."""
-    global _chunk_fn
-    _chunk_fn = _compiled_chunks() if enabled else relation_kl_chunk
-
-
 def _compiled_chunks() -> Callable:
-    # Compiled once per process, on first use: compiling costs seconds and most runs never ask for it.
+    """kernel="compile": the chunk math through torch.compile, which fuses the elementwise passes over the
+    (chunk, S, S) tensors. Compiled once per process, on first use: it costs seconds, most runs never ask."""
     global _compiled_chunk_fn
     if _compiled_chunk_fn is None:
         _compiled_chunk_fn = torch.compile(relation_kl_chunk)
