@@ -22,7 +22,7 @@ if not ON_GPU:
 triton = pytest.importorskip("triton")
 
 from reference_minilm import make_mask, per_sample_relation_loss, relative_error  # noqa: E402
-from transformers import BertConfig  # noqa: E402
+from transformers import AutoModel, BertConfig  # noqa: E402
 
 from minilmv2 import MiniLM, build_student, relation_kernel, student_config_from_teacher  # noqa: E402
 from minilmv2.relations import relation_loss  # noqa: E402
@@ -111,7 +111,8 @@ def test_kernels_run_interpreted_on_cpu_or_compiled_on_gpu():
 
 
 def test_minilm_with_triton_kernel_matches_torch_kernel():
-    """The distiller end to end: inference-mode teacher states, a real student's parameter gradients."""
+    """The distiller end to end: inference-mode teacher states, a real student's parameter gradients. On a GPU
+    the CPU's PyTorch path (which tests/test_distiller.py checks against full forwards) is a third opinion."""
     config = BertConfig(
         vocab_size=50,
         hidden_size=48,
@@ -124,31 +125,28 @@ def test_minilm_with_triton_kernel_matches_torch_kernel():
         initializer_range=0.2,  # the default 0.02 gives near-uniform relations and a KL lost in fp32 rounding
     )
     torch.manual_seed(0)
-    from transformers import AutoModel
-
-    teacher = AutoModel.from_config(config).to(DEVICE)
-    student = build_student(student_config_from_teacher(config, 24, 2, 2)).to(DEVICE)
-    mask = make_mask([9, 6], 9, "right").to(DEVICE)
-    batch = {"input_ids": torch.randint(3, 50, (2, 9), device=DEVICE).masked_fill(mask == 0, 0), "attention_mask": mask}
+    teacher = AutoModel.from_config(config)
+    student = build_student(student_config_from_teacher(config, 24, 2, 2))
+    mask = make_mask([9, 6], 9, "right")
+    batch = {"input_ids": torch.randint(3, 50, (2, 9)).masked_fill(mask == 0, 0), "attention_mask": mask}
     results = {}
-    for kernel in ("triton", "torch"):
+    runs = [("triton", DEVICE), ("torch", DEVICE)] + ([("torch", torch.device("cpu"))] if ON_GPU else [])
+    for kernel, device in runs:
+        teacher, student = teacher.to(device), student.to(device)
         student.zero_grad()
-        loss = MiniLM(teacher, student, relations={(1, 2): 1.0}, A_r=4, kernel=kernel)(**batch).loss
+        distiller = MiniLM(teacher, student, relations={(1, 2): 1.0}, A_r=4, kernel=kernel)
+        loss = distiller(**{k: v.to(device) for k, v in batch.items()}).loss
         loss.backward()
-        grads = {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
-        results[kernel] = loss.detach(), grads
-    (loss, grads), (expected, expected_grads) = results["triton"], results["torch"]
-    assert relative_error(loss, expected) < 1e-5
-    assert grads.keys() == expected_grads.keys() and grads
-    # One vector of all parameter gradients: the key bias's is zero in exact arithmetic (a softmax ignores a
-    # constant added to a row), so per tensor it would be fp32 noise against fp32 noise.
-    flat = torch.cat([grads[name].flatten() for name in sorted(grads)])
-    expected_flat = torch.cat([expected_grads[name].flatten() for name in sorted(grads)])
-    assert relative_error(flat, expected_flat) < 1e-5
-    assert (
-        relative_error(
-            grads["encoder.layer.1.attention.self.query.weight"],
-            expected_grads["encoder.layer.1.attention.self.query.weight"],
-        )
-        < 1e-5
-    )
+        grads = {name: p.grad.cpu() for name, p in student.named_parameters() if p.grad is not None}
+        results[kernel, device.type] = loss.detach().cpu(), grads
+    loss, grads = results["triton", DEVICE.type]
+    for expected, expected_grads in (results[run] for run in results if run[0] == "torch"):
+        assert relative_error(loss, expected) < 1e-5
+        assert grads.keys() == expected_grads.keys() and grads
+        # One vector of all parameter gradients: the key bias's is zero in exact arithmetic (a softmax ignores a
+        # constant added to a row), so per tensor it would be fp32 noise against fp32 noise.
+        flat = torch.cat([grads[name].flatten() for name in sorted(grads)])
+        expected_flat = torch.cat([expected_grads[name].flatten() for name in sorted(grads)])
+        assert relative_error(flat, expected_flat) < 1e-5
+        query = "encoder.layer.1.attention.self.query.weight"
+        assert relative_error(grads[query], expected_grads[query]) < 1e-5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -32,10 +33,17 @@ def random_states(batch, seq, hidden, requires_grad=False, scale=2.0):
     return {kind: (scale * torch.randn(batch, seq, hidden)).requires_grad_(requires_grad) for kind in (1, 2, 3)}
 
 
+# MINILMV2_TEST_DEVICE=cuda (bench/gpu_check.sh) runs the exactness test below on a GPU, where "auto" is the
+# Triton kernel and "torch" the chunked path.
+DEVICE = torch.device(os.environ.get("MINILMV2_TEST_DEVICE", "cpu"))
+KERNELS_ON_DEVICE = ["auto", "torch"] if DEVICE.type == "cuda" else ["auto"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS_ON_DEVICE)
 @pytest.mark.parametrize("side", ["right", "left", "none"])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("groups_per_chunk", [None, 1, 5])  # 5 leaves a partial last chunk in most cases
-def test_loss_and_gradients_match_per_sample_reference(case, side, groups_per_chunk):
+def test_loss_and_gradients_match_per_sample_reference(case, side, groups_per_chunk, kernel):
     batch, seq, teacher_hidden, student_hidden, heads, lengths, relations = CASES[case]
     chunk_elements = None if groups_per_chunk is None else groups_per_chunk * seq * seq
     torch.manual_seed(case)
@@ -43,10 +51,20 @@ def test_loss_and_gradients_match_per_sample_reference(case, side, groups_per_ch
     mask = make_mask(lengths, seq, "right" if side == "none" else side)
     teacher = random_states(batch, seq, teacher_hidden)
     student = random_states(batch, seq, student_hidden, requires_grad=True)
+    on_device = {k: v.detach().to(DEVICE).requires_grad_(True) for k, v in student.items()}
 
-    loss, pair_losses = relation_loss(teacher, student, mask.bool(), relations, heads, chunk_elements)
+    loss, pair_losses = relation_loss(
+        {k: v.to(DEVICE) for k, v in teacher.items()},
+        on_device,
+        mask.bool().to(DEVICE),
+        relations,
+        heads,
+        chunk_elements,
+        kernel=kernel,
+    )
     loss.backward()
-    grads = {kind: student[kind].grad.clone() for kind in student if student[kind].grad is not None}
+    loss, pair_losses = loss.cpu(), {pair: value.cpu() for pair, value in pair_losses.items()}
+    grads = {kind: on_device[kind].grad.cpu() for kind in on_device if on_device[kind].grad is not None}
 
     reference_student = {k: v.detach().double().requires_grad_(True) for k, v in student.items()}
     expected = per_sample_relation_loss(teacher, reference_student, mask, relations, heads)
