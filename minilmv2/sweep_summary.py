@@ -10,7 +10,8 @@ a run that finished, the script's `eval_results.json`. This module reads them al
   OUTPUT_DIR/heatmap_<task>.png   dev score over learning rate x epochs
 
 Scores are the task's main metric (minilmv2.glue.TaskSpec.main_metric, e.g. accuracy, Matthews correlation
-for cola, Pearson for stsb, matched accuracy for mnli) x 100. With several seeds a cell's score is their
+for cola, Pearson for stsb, matched accuracy for mnli; F1 for squad and squad_v2) x 100. SQuAD tasks also
+show exact match (EM) beside F1, as SQuAD results are quoted. With several seeds a cell's score is their
 median; the best cell is the highest (ties go to fewer epochs, then the lower learning rate).
 
     python -m minilmv2.sweep_summary OUTPUT_DIR [--model_name NAME]
@@ -31,6 +32,9 @@ from minilmv2 import glue
 from minilmv2.errors import UsageError, exit_on_usage_error
 
 RUN_RECORD = "sweep_run.json"
+# SQuAD tasks (hf_run_squad.py): ranked by F1, with exact match shown beside it; their files under SQUAD_DIR.
+SQUAD_TASKS = {"squad_v2": ("f1", "exact"), "squad": ("f1", "exact_match")}
+SQUAD_FILES = {"squad_v2": ("train-v2.0.json", "dev-v2.0.json"), "squad": ("train-v1.1.json", "dev-v1.1.json")}
 
 
 @dataclass
@@ -45,6 +49,7 @@ class SweepRun:
     score: float | None
     run_dir: Path
     note: str = ""  # why a run counts as failed, when its files say more than its exit status
+    second_score: float | None = None  # exact match for SQuAD tasks (x 100); None elsewhere
 
 
 @dataclass
@@ -59,12 +64,21 @@ class TaskBest:
     num_seeds: int
     runs_ok: int
     runs_failed: int
+    second_metric: str | None = None  # "exact" / "exact_match" for SQuAD tasks
+    second_score: float | None = None  # its median at the best cell
 
 
 def main_metric(task: str) -> str:
     """The metric a task is ranked by; accuracy for tasks we do not know (csv/json runs)."""
+    if task in SQUAD_TASKS:
+        return SQUAD_TASKS[task][0]
     spec = glue.TASKS.get(task)
     return spec.main_metric if spec else "accuracy"
+
+
+def second_metric(task: str) -> str | None:
+    """The metric shown beside the main one (exact match for SQuAD), or None."""
+    return SQUAD_TASKS[task][1] if task in SQUAD_TASKS else None
 
 
 def read_runs(sweep_dir: Path) -> list[SweepRun]:
@@ -86,7 +100,7 @@ def read_runs(sweep_dir: Path) -> list[SweepRun]:
             task, lr, epochs, seed = _run_from_folder(run_dir)
             runs.append(SweepRun(task, lr, epochs, seed, "failed", None, run_dir, f"unreadable {RUN_RECORD} ({err})"))
             continue
-        score, note = None, ""
+        score, note, second = None, "", None
         if status == "ok":
             results_path = run_dir / "eval_results.json"
             try:
@@ -95,11 +109,14 @@ def read_runs(sweep_dir: Path) -> list[SweepRun]:
             except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
                 value, note = None, f"unreadable eval_results.json ({err})"
             if isinstance(value, int | float) and math.isfinite(value):
-                score = 100.0 * value
+                score = 100.0 * value if task not in SQUAD_TASKS else float(value)  # SQuAD scores are x 100
+                second_value = results.get(f"eval_{second_metric(task)}") if second_metric(task) else None
+                if isinstance(second_value, int | float) and math.isfinite(second_value):
+                    second = float(second_value)
             else:
                 status = "failed"  # finished but without the metric (e.g. NaN Pearson of constant outputs)
                 note = note or f"no finite eval_{main_metric(task)} in eval_results.json"
-        runs.append(SweepRun(task, lr, epochs, seed, status, score, run_dir, note))
+        runs.append(SweepRun(task, lr, epochs, seed, status, score, run_dir, note, second))
     return runs
 
 
@@ -130,16 +147,30 @@ def best_per_task(runs: list[SweepRun]) -> list[TaskBest]:
             (lr, epochs), score = max(cells.items(), key=lambda item: (item[1], -float(item[0][1]), -float(item[0][0])))
         else:
             lr, epochs, score = None, None, None
-        bests.append(TaskBest(task, main_metric(task), score, lr, epochs, len(seeds), ok, len(task_runs) - ok))
+        second = cell_scores(task_runs, "second_score").get((lr, epochs))
+        counts = dict(num_seeds=len(seeds), runs_ok=ok, runs_failed=len(task_runs) - ok)
+        bests.append(
+            TaskBest(
+                task,
+                main_metric(task),
+                score,
+                lr,
+                epochs,
+                **counts,
+                second_metric=second_metric(task),
+                second_score=second,
+            )
+        )
     return bests
 
 
-def cell_scores(task_runs: list[SweepRun]) -> dict[tuple[str, str], float]:
-    """{(learning_rate, epochs): median score over the seeds that finished}; cells with none are left out."""
+def cell_scores(task_runs: list[SweepRun], field: str = "score") -> dict[tuple[str, str], float]:
+    """{(learning_rate, epochs): median of `field` (score, or second_score) over the seeds that finished};
+    cells with none are left out."""
     by_cell: dict[tuple[str, str], list[float]] = {}
     for run in task_runs:
-        if run.score is not None:
-            by_cell.setdefault((run.learning_rate, run.epochs), []).append(run.score)
+        if getattr(run, field) is not None:
+            by_cell.setdefault((run.learning_rate, run.epochs), []).append(getattr(run, field))
     return {cell: statistics.median(scores) for cell, scores in by_cell.items()}
 
 
@@ -156,7 +187,18 @@ def write_summary_csv(path: Path, bests: list[TaskBest]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["task", "metric", "best_dev_score", "learning_rate", "epochs", "seeds", "runs_ok", "runs_failed"]
+            [
+                "task",
+                "metric",
+                "best_dev_score",
+                "learning_rate",
+                "epochs",
+                "seeds",
+                "runs_ok",
+                "runs_failed",
+                "second_metric",
+                "second_score",
+            ]
         )
         for best in bests:
             score = "failed" if best.score is None else f"{best.score:.4f}"
@@ -170,6 +212,8 @@ def write_summary_csv(path: Path, bests: list[TaskBest]) -> None:
                     best.num_seeds,
                     best.runs_ok,
                     best.runs_failed,
+                    best.second_metric or "",
+                    "" if best.second_score is None else f"{best.second_score:.4f}",
                 ]
             )
         average = average_score(bests)
@@ -183,6 +227,8 @@ def write_summary_csv(path: Path, bests: list[TaskBest]) -> None:
                 "",
                 sum(b.runs_ok for b in bests),
                 sum(b.runs_failed for b in bests),
+                "",
+                "",
             ]
         )
 
@@ -203,9 +249,18 @@ def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: st
     average_note = "" if len(scored) == len(bests) else f" (over {len(scored)} of {len(bests)} tasks)"
     benchmark = "GLUE dev" if any(b.task in glue.GLUE_TASKS for b in bests) else "Dev"
     lines = [f"# {benchmark} results: {model_name}", ""]
-    lines.append("| | " + " | ".join(b.task for b in bests) + " | Avg |")
-    lines.append("|---" * (len(bests) + 2) + "|")
-    lines.append(f"| {model_name} | " + " | ".join(_fmt(b.score) for b in bests) + f" | {_fmt(average)} |")
+    # SQuAD tasks take two columns, F1 then EM (the average uses F1, each task's main metric).
+    headers, cells = [], []
+    for b in bests:
+        if b.second_metric:
+            headers += [f"{b.task} F1", f"{b.task} EM"]
+            cells += [_fmt(b.score), _fmt(b.second_score)]
+        else:
+            headers.append(b.task)
+            cells.append(_fmt(b.score))
+    lines.append("| | " + " | ".join(headers) + " | Avg |")
+    lines.append("|---" * (len(headers) + 2) + "|")
+    lines.append(f"| {model_name} | " + " | ".join(cells) + f" | {_fmt(average)} |")
     lines += [
         "",
         "Best dev score per task (x100; median over seeds), with the learning rate and epochs that gave it:",
@@ -214,8 +269,9 @@ def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: st
     lines.append("| task | metric | best dev score | learning rate | epochs | seeds | runs ok | runs failed |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for b in bests:
+        metric = b.metric if not b.second_metric else f"{b.metric} (EM {_fmt(b.second_score)})"
         lines.append(
-            f"| {b.task} | {b.metric} | {_fmt(b.score)} | {b.learning_rate or '-'} | {b.epochs or '-'} "
+            f"| {b.task} | {metric} | {_fmt(b.score)} | {b.learning_rate or '-'} | {b.epochs or '-'} "
             f"| {b.num_seeds} | {b.runs_ok} | {b.runs_failed} |"
         )
     lines.append(f"| **average**{average_note} | | {_fmt(average)} | | | | | |")
@@ -242,6 +298,7 @@ def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBes
     rates = sorted({run.learning_rate for run in task_runs}, key=_as_number)
     epochs = sorted({run.epochs for run in task_runs}, key=_as_number)
     cells = cell_scores(task_runs)
+    second_cells = cell_scores(task_runs, "second_score")
     grid = np.full((len(rates), len(epochs)), np.nan)
     for (lr, ep), score in cells.items():
         grid[rates.index(lr), epochs.index(ep)] = score
@@ -255,13 +312,16 @@ def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBes
                 text, color = "failed", "red"
             else:  # dark text on the bright (high) end of viridis, light text on the dark end
                 text, color = f"{score:.2f}", "black" if score - low > 0.6 * (high - low) else "white"
+                if (lr, ep) in second_cells:
+                    text += f"\nEM {second_cells[(lr, ep)]:.2f}"
             bold = (lr, ep) == (best.learning_rate, best.epochs)
             axes.text(col, row, text, ha="center", va="center", color=color, fontweight="bold" if bold else "normal")
     axes.set_xticks(range(len(epochs)), epochs)
     axes.set_yticks(range(len(rates)), rates)
     axes.set_xlabel("epochs")
     axes.set_ylabel("learning rate")
-    axes.set_title(f"{task} dev {best.metric} x100")
+    title = f"{task} dev F1 (EM below)" if best.second_metric else f"{task} dev {best.metric} x100"
+    axes.set_title(title)
     if cells:
         figure.colorbar(image, ax=axes)
     figure.tight_layout()
@@ -296,18 +356,26 @@ def summarise(sweep_dir: str | Path, model_name: str | None = None, tasks: list[
     return written
 
 
-def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: str = "") -> None:
+def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: str = "", squad_dir: str = "") -> None:
     """run_eval.sh's pre-check: UsageError, in the sweep's own terms, unless every task and its data exist.
 
     GLUE tasks need train.tsv and their dev file(s) under GLUE_DIR (every sweep run trains and evaluates) or,
-    with GLUE_DIR unset, the hub (refused under HF_HUB_OFFLINE=1); the offline tasks need their raw files.
+    with GLUE_DIR unset, the hub (refused under HF_HUB_OFFLINE=1); the offline tasks need their raw files;
+    squad / squad_v2 need train-v1.1.json + dev-v1.1.json / train-v2.0.json + dev-v2.0.json under SQUAD_DIR
+    (read and checked for their layout and version) or, with SQUAD_DIR unset, the hub.
     Checking once here turns a missing file into one line, not a sweep of failed runs.
     """
     from huggingface_hub import constants
 
     try:
         for name in tasks:
-            spec = glue.get_task(name)
+            if name in SQUAD_TASKS:
+                check_squad_task(name, squad_dir, constants.HF_HUB_OFFLINE)
+                continue
+            try:
+                spec = glue.get_task(name)
+            except UsageError as err:
+                raise UsageError(f"{err}, {', '.join(SQUAD_TASKS)} (SQuAD)") from None
             if spec.name in glue.OFFLINE_TASKS:
                 glue.offline_task_paths(spec, offline_data_dir or glue.default_offline_data_dir())
             elif glue_dir:
@@ -321,6 +389,38 @@ def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: st
     except UsageError as err:  # glue names hf_run_evaluation.py's options; the sweep is set by variables
         message = str(err).replace("--glue_dir", "GLUE_DIR").replace("--offline_data_dir", "OFFLINE_DATA_DIR")
         raise UsageError(" ".join(message.split())) from None
+
+
+def check_squad_task(task: str, squad_dir: str, offline: bool) -> None:
+    """UsageError unless SQUAD_DIR holds the task's train and dev files, in the right SQuAD version."""
+    from minilmv2 import squad
+
+    if not squad_dir:
+        if offline:
+            raise UsageError(
+                f"task {task!r} needs SQuAD data, but SQUAD_DIR is not set and HF_HUB_OFFLINE is on; set SQUAD_DIR "
+                f"to the folder holding {' and '.join(SQUAD_FILES[task])}, or unset both to use the hub"
+            )
+        return
+    if not Path(squad_dir).is_dir():
+        raise UsageError(f"SQUAD_DIR {squad_dir!r} is not a directory")
+    for name in SQUAD_FILES[task]:
+        path = str(Path(squad_dir) / name)
+        data = squad.read_squad_json(path, f"task {task}: SQUAD_DIR file")
+        is_v2 = task == "squad_v2"
+        if data.is_v2 != is_v2:
+            raise UsageError(
+                f"task {task}: SQUAD_DIR file {path!r} is SQuAD {'2.0' if data.is_v2 else 'v1.1'} data; "
+                f"{task} needs {'2.0' if is_v2 else 'v1.1'}"
+            )
+
+
+def check_sweep_model(model_dir: str) -> None:
+    """run_eval.sh's pre-check of MODEL_DIR: a config.json *and* weights (a config alone would fine-tune a
+    randomly initialised model and report its score as the student's)."""
+    from minilmv2.finetune_checks import check_model_dir
+
+    check_model_dir(model_dir, "MODEL_DIR", need_weights=True)
 
 
 @exit_on_usage_error

@@ -259,3 +259,92 @@ def test_a_corrupt_run_record_marks_that_run_failed(tmp_path, capsys):
     markdown = (tmp_path / "summary.md").read_text()
     assert "lr3e-5_ep3_seed1 (unreadable sweep_run.json (" in markdown
     assert "lr1e-5_ep3_seed1 (unreadable eval_results.json (" in markdown
+
+
+SQUAD_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "squad"
+
+
+@pytest.fixture(scope="module")
+def squad_sweep(tmp_path_factory):
+    """A real squad_v2 sweep with the default SQuAD grid (one cell: lr 4e-5, 4 epochs), windows shrunk for the
+    tiny model through EXTRA_ARGS."""
+    from fixtures.squad.tiny_models import write_tiny_squad_bert
+
+    root = tmp_path_factory.mktemp("squad_sweep")
+    env = {
+        "MODEL_DIR": str(write_tiny_squad_bert(root / "student")),
+        "TASKS": "squad_v2",
+        "SQUAD_DIR": str(SQUAD_FIXTURES),
+        "SEEDS": "7",
+        "OUTPUT_DIR": str(root / "out"),
+        "EXTRA_ARGS": "--max_seq_length 64 --doc_stride 24 --max_query_length 16 --per_device_train_batch_size 16 "
+        "--max_train_samples 6 "
+        "--disable_tqdm true",
+    }
+    for name in ("LEARNING_RATES", "EPOCHS"):
+        env[name] = ""  # empty = the task's default grid
+    return root / "out", env, run_sweep(env)
+
+
+@pytest.mark.slow
+def test_squad_v2_sweep_runs_the_seed_recipe_and_summarises_f1_and_em(squad_sweep):
+    out, _, result = squad_sweep
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = out / "squad_v2" / "lr4e-5_ep4_seed7"  # the seed's learning rate and epochs
+    assert "Sweep: 1 runs" in result.stdout
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    assert results["eval_total"] == 10 and "eval_best_f1_thresh" in results
+    assert (run_dir / "predictions.json").is_file() and (run_dir / "null_odds.json").is_file()
+    train = json.loads((run_dir / "train_results.json").read_text())
+    assert train["epoch"] == pytest.approx(4.0)
+    with open(out / "summary.csv", newline="") as handle:
+        rows = {row["task"]: row for row in csv.DictReader(handle)}
+    row = rows["squad_v2"]
+    assert (row["metric"], row["second_metric"]) == ("f1", "exact")
+    assert float(row["best_dev_score"]) == pytest.approx(results["eval_f1"], abs=1e-4)  # already x 100
+    assert float(row["second_score"]) == pytest.approx(results["eval_exact"], abs=1e-4)
+    markdown = (out / "summary.md").read_text()
+    assert "| | squad_v2 F1 | squad_v2 EM | Avg |" in markdown
+    f1, em = results["eval_f1"], results["eval_exact"]
+    assert f"| student | {f1:.2f} | {em:.2f} | {f1:.2f} |" in markdown
+    assert f"| squad_v2 | f1 (EM {em:.2f}) | {f1:.2f} | 4e-5 | 4 |" in markdown
+    assert (out / "heatmap_squad_v2.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"EPOCHS": "3 0"}, "epochs '0' in EPOCHS is zero; a run would train nothing"),
+        ({"EPOCHS": "0.0"}, "epochs '0.0' in EPOCHS is zero"),
+        ({"LEARNING_RATES": "0e-5"}, "learning rate '0e-5' in LEARNING_RATES is zero"),
+        ({"TASKS": "sst2 squad_v3"}, "unknown task 'squad_v3'; valid tasks: cola"),
+        ({"TASKS": "squad_v2", "SQUAD_DIR": ""}, "task 'squad_v2' needs SQuAD data, but SQUAD_DIR is not set"),
+        ({"TASKS": "squad", "SQUAD_DIR": "/nonexistent"}, "SQUAD_DIR '/nonexistent' is not a directory"),
+    ],
+)
+def test_meaningless_values_and_missing_squad_data_are_refused(sweep, tmp_path, overrides, fragment):
+    _, env, _ = sweep
+    result = run_sweep({**env, "OUTPUT_DIR": str(tmp_path / "out"), **overrides})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_dir_without_weights_and_wrong_squad_version_are_refused(sweep, tmp_path):
+    _, env, _ = sweep
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(env["MODEL_DIR"], no_weights)
+    (no_weights / "model.safetensors").unlink()
+    squad_dir = tmp_path / "squad"
+    squad_dir.mkdir()
+    shutil.copy(SQUAD_FIXTURES / "train-v2.0.json", squad_dir / "train-v2.0.json")
+    shutil.copy(SQUAD_FIXTURES / "dev-v1.1.json", squad_dir / "dev-v2.0.json")  # v1.1 data under a v2.0 name
+    cases = [
+        ({"MODEL_DIR": str(no_weights)}, "MODEL_DIR '" + str(no_weights) + "' has a config.json but no weights"),
+        ({"TASKS": "squad_v2", "SQUAD_DIR": str(squad_dir)}, "dev-v2.0.json' is SQuAD v1.1 data; squad_v2 needs 2.0"),
+    ]
+    for overrides, fragment in cases:
+        result = run_sweep({**env, "OUTPUT_DIR": str(tmp_path / "out"), **overrides})
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], lines
+        assert "Sweep:" not in result.stdout and not (tmp_path / "out").exists()
