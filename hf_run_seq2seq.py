@@ -49,7 +49,6 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 from hf_run_evaluation import check_model_dir, find_tokenizer_files, one_line, refuse_load_errors  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent
 FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
 PREDICTIONS_FILE = "generated_predictions.txt"
 SUPPORTED_MODEL_TYPES = ("bert", "electra", "roberta", "xlm-roberta")
@@ -296,19 +295,10 @@ def load_hub_examples(data_args, model_args, split: str) -> list[dict[str, str]]
     return [{"src": row[source_column], "tgt": row[target_column]} for row in dataset]
 
 
-def load_metric(name: str):
-    """The repository's evaluate module `metrics/<name>` (offline)."""
-    try:
-        from minilmv2.metrics import load_metric as shared_loader
-    except ImportError:
-        import evaluate
-
-        return evaluate.load(str(REPO_ROOT / "metrics" / name))
-    return shared_loader(name)
-
-
 def score(predictions: list[str], references: list[str], names: list[str]) -> dict[str, float]:
     """{eval_rouge1, eval_rouge2, eval_rougeL, eval_bleu} (x 100) for the metrics asked for."""
+    from minilmv2.metrics import load_metric
+
     results: dict[str, float] = {}
     if "rouge" in names:
         rouge = load_metric("rouge").compute(predictions=predictions, references=references)
