@@ -390,6 +390,8 @@ def check_student_matches(checkpoint: Path, model_args, teacher_config) -> None:
             model_args.student_intermediate_size or 4 * model_args.student_hidden_size,
         ),
     }
+    if model_args.student_intermediate_size is None and saved.get("hidden_size") != model_args.student_hidden_size:
+        del asked["--student_intermediate_size"]  # its default follows the hidden size: that difference says it
     differing = [f"{flag} {value} (it has {saved.get(key)})" for flag, (key, value) in asked.items()
                  if key in saved and saved[key] != value]  # fmt: skip
     if saved.get("vocab_size") not in (None, getattr(teacher_config, "vocab_size", None)):
@@ -504,8 +506,9 @@ def clear_previous_run(output_dir: Path) -> None:
 
 def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path | None:
     """The checkpoint to resume: the given path (checked by `check`), or for `latest` the newest one that is
-    complete and passes `check` (a function raising UsageError), each skipped one named with its reason."""
-    from minilmv2.training import CHECKPOINT_PREFIX, COMPLETE_MARKER, checkpoint_step
+    complete and intact, each damaged one skipped and named with its reason. `check` raises
+    `CorruptCheckpointError` for damage and UsageError for a checkpoint that does not fit the run (refused)."""
+    from minilmv2.training import CHECKPOINT_PREFIX, COMPLETE_MARKER, CorruptCheckpointError, checkpoint_step
 
     if requested is None:
         return None
@@ -519,14 +522,14 @@ def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path |
             continue  # a save that never finished: not a candidate (as before)
         try:
             check(checkpoint)
-        except UsageError as err:
+        except CorruptCheckpointError as err:  # damaged: an older one may be intact (one that does not fit: no)
             print0(f"note: skipping {checkpoint}: {err}")
             skipped.append(checkpoint.name)
             continue
         if skipped:
             print0(f"resuming from {checkpoint}, the newest intact checkpoint (skipped: {', '.join(skipped)})")
         return checkpoint
-    detail = f" ({len(skipped)} skipped as corrupt or not fitting this run: {', '.join(skipped)})" if skipped else ""
+    detail = f" ({len(skipped)} skipped as damaged: {', '.join(skipped)})" if skipped else ""
     raise UsageError(f"--resume_from_checkpoint {requested}: no complete, intact checkpoint in {output_dir}{detail}")
 
 
@@ -578,12 +581,6 @@ def make_plan(argv: list[str]) -> Plan:
     check_shapes(model_args, teacher_config, data_args.max_seq_len)
     check_relation_kernel(model_args.relation_kernel, training_args)
     relations = parse_relations(model_args.minilm_relations)
-    eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
-    if val_config is None and eval_strategy != "no":
-        raise UsageError(
-            f"--eval_strategy {eval_strategy} needs held-out text: pass data_params --val_config "
-            "(or drop --eval_strategy)"
-        )
     if training_args.load_best_model_at_end:
         if val_config is None:
             raise UsageError("--load_best_model_at_end needs held-out text to rank checkpoints: pass --val_config")
@@ -592,6 +589,12 @@ def make_plan(argv: list[str]) -> Plan:
                 f"--metric_for_best_model {training_args.metric_for_best_model} is not reported; the held-out "
                 "metric is loss (eval_loss)"
             )
+    eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if val_config is None and eval_strategy != "no":
+        raise UsageError(
+            f"--eval_strategy {eval_strategy} needs held-out text: pass data_params --val_config "
+            "(or drop --eval_strategy)"
+        )
     check_report_to(training_args)
     tokenizer = load_tokenizer(model_args, teacher_config)
 

@@ -48,6 +48,10 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
+class CorruptCheckpointError(UsageError):
+    """A checkpoint that is incomplete or damaged (as opposed to one that does not fit this run)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """The distillation loss became NaN or inf; training stopped before applying that step."""
 
@@ -397,6 +401,9 @@ def validate_checkpoint(
 ) -> None:
     """UsageError naming what is missing or damaged in `checkpoint`, so a resume never dies half-way.
 
+    Damage (incomplete, truncated, bytes changed) raises `CorruptCheckpointError`, a checkpoint that does not
+    fit this run (world size, corpus, stream values) a plain `UsageError`.
+
     The student's weights must match the sha256 recorded when they were saved (`verify_student`). With
     `restore_data`, every rank's saved stream position must exist and, given the run's `train_config` (a
     `CorpusConfig`) and `stream_options` (`TokenStream.options()`), belong to the same corpus split the same way
@@ -409,24 +416,26 @@ def validate_checkpoint(
     if not checkpoint.is_dir():
         raise UsageError(f"checkpoint {checkpoint} does not exist")
     if not (checkpoint / COMPLETE_MARKER).is_file():
-        raise UsageError(
+        raise CorruptCheckpointError(
             f"checkpoint {checkpoint} is incomplete (no {COMPLETE_MARKER}: the run stopped while saving it); {advice}"
         )
     for name in ("trainer_state.json", COMPLETE_MARKER):
         try:
             json.loads((checkpoint / name).read_text())
         except (OSError, ValueError) as err:
-            raise UsageError(f"checkpoint {checkpoint} is corrupt: {name} cannot be read ({err}); {advice}") from None
+            raise CorruptCheckpointError(
+                f"checkpoint {checkpoint} is corrupt: {name} cannot be read ({err}); {advice}"
+            ) from None
     for name in (f"{STUDENT_DIR}/config.json", f"{STUDENT_DIR}/model.safetensors", "optimizer.pt", "scheduler.pt"):
         if not (checkpoint / name).is_file():
-            raise UsageError(f"checkpoint {checkpoint} is incomplete: {name} is missing; {advice}")
+            raise CorruptCheckpointError(f"checkpoint {checkpoint} is incomplete: {name} is missing; {advice}")
     problem = safetensors_problem(checkpoint / STUDENT_DIR / "model.safetensors")
     for name in ("optimizer.pt", "scheduler.pt"):
         problem = problem or torch_file_problem(checkpoint / name)
     if not problem and verify_student:
         problem = student_fingerprint_problem(checkpoint)
     if problem:
-        raise UsageError(f"checkpoint {checkpoint} is corrupt: {problem}; {advice}")
+        raise CorruptCheckpointError(f"checkpoint {checkpoint} is corrupt: {problem}; {advice}")
     if restore_data:
         saved_world = json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("world_size")
         if saved_world != world_size:
@@ -440,7 +449,7 @@ def validate_checkpoint(
                 state = json.loads(state_file.read_text())["stream"]
                 state.get("units")
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                raise UsageError(
+                raise CorruptCheckpointError(
                     f"checkpoint {checkpoint} is corrupt: {state_file.relative_to(checkpoint)} is missing or "
                     f"unreadable; {advice}, or pass --ignore_data_skip to restart the data stream"
                 ) from None

@@ -109,6 +109,29 @@ def unknown_training_option(argv, tmp):
     return with_training_options(argv, "--learning_rat", "1")
 
 
+def teacher_copy(argv, tmp, name="teacher_copy") -> Path:
+    teacher = Path(argv[argv.index("--input_model_dir") + 1])
+    return Path(shutil.copytree(teacher, tmp / name))
+
+
+def truncated_teacher_weights(argv, tmp):
+    copy = teacher_copy(argv, tmp)
+    _truncate(copy / "model.safetensors")
+    return edit(argv, "--input_model_dir", str(copy))
+
+
+def teacher_with_a_smaller_vocabulary(argv, tmp):
+    copy = teacher_copy(argv, tmp)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    return edit(argv, "--input_model_dir", str(copy))
+
+
+def corpus_of(argv, tmp, name, content, fmt, columns="text"):
+    source = write(tmp / name, content)
+    return edit(argv, "--train_config", str(write_corpus_config(tmp / "corpus.json", [source], fmt, columns)))
+
+
 BAD_INPUTS = {
     # name: (how to break the good command line, what the one-line message must say)
     "relation heads not dividing the student hidden size": (
@@ -163,6 +186,34 @@ BAD_INPUTS = {
         finished_run_in_output_dir, "already holds a finished run; pass --overwrite_output_dir"),
     "output directory holding another run's checkpoints": (
         checkpoints_in_output_dir, "holds checkpoints of an earlier run; pass --resume_from_checkpoint latest"),
+    # issue 15: each of these used to load the models first and die with a traceback
+    "truncated teacher weights": (
+        truncated_teacher_weights, "teacher_copy: model.safetensors is truncated or padded"),
+    "negative learning rate": (
+        lambda a, t: edit(a, "--learning_rate", "-1"), "--learning_rate -1.0 is not valid; give a positive"),
+    "JSON lines without the named column": (
+        lambda a, t: corpus_of(a, t, "c.jsonl", '{"body": "Some text."}\n', "json"),
+        "has no column(s) ['text']; its records have ['body'] (set \"columns\""),
+    "plain text declared as JSON": (
+        lambda a, t: corpus_of(a, t, "c.txt", "Plain text, not JSON.\n", "json"),
+        'is declared "format": "json" but its first line is not JSON (\'Plain text, not JSON.\'); use "format"'),
+    "csv without the named column": (
+        lambda a, t: corpus_of(a, t, "c.csv", "title,body\nA,Some text.\n", "csv", "text"),
+        "has no column(s) ['text']; its records have ['body', 'title']"),
+    "tokenizer larger than the teacher's embeddings": (
+        teacher_with_a_smaller_vocabulary, "has 1500 tokens but the teacher's embeddings have 1000"),
+    "tracker that is not installed": (
+        lambda a, t: edit(a, "--report_to", "wandb"), "--report_to wandb: wandb is not installed; install it, or"),
+    "unknown tracker": (lambda a, t: edit(a, "--report_to", "tensorbord"), "--report_to tensorbord is not a tracker"),
+    "every relation weight 0": (
+        lambda a, t: a + ["--minilm_relations", "{(1, 1): 0, (3, 3): 0}"], "gives every relation weight 0"),
+    "best model without held-out text": (
+        lambda a, t: with_training_options(a, "--load_best_model_at_end", "true", "--eval_strategy", "steps"),
+        "--load_best_model_at_end needs held-out text"),
+    "corpus of zero-width spaces": (
+        lambda a, t: corpus_of(a, t, "z.txt", "\u200b \u200b\n" * 20, "text"), "the corpus yields no tokens"),
+    "corpus of control bytes": (
+        lambda a, t: corpus_of(a, t, "c.txt", "\x01\x02\x7f\n" * 20, "text"), "the corpus yields no tokens"),
 }  # fmt: skip
 
 
@@ -475,3 +526,81 @@ def test_long_streaming_run_shows_no_memory_growth(setup, tmp_path, capsys):
     assert growth < 8, rss
     state = json.loads((tmp_path / "out" / "checkpoint-2000" / "data_state" / "rank-0.json").read_text())["stream"]
     assert state["epoch"] >= 20  # the stream really went round its corpus many times
+
+
+# ---- issue 15: refusals and resume rules that need a checkpoint or a real folder ----
+
+
+def test_a_read_only_output_dir_is_refused_before_anything_loads(setup, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    immutable = os.geteuid() == 0  # permission bits do not stop root: make the folder immutable instead
+    if immutable and subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a filesystem without chattr +i: no folder is read-only to this test")
+    try:
+        argv = distill_argv(setup["teacher"], setup["train"], locked / "out")
+        status, stdout, stderr = run_main(argv, capsys)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        locked.chmod(0o755)
+    assert status == 2 and stderr.count("\n") == 1, stderr
+    assert f"--output_dir {locked / 'out'} is not writable ({locked}, where it would be made)" in stderr
+    assert "loading the teacher" not in stdout and list(locked.iterdir()) == []
+
+
+def resume_argv(argv: list[str], out: Path) -> list[str]:
+    return with_training_options(edit(argv, "--output_dir", str(out)), "--resume_from_checkpoint", "latest")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (("--student_hidden_size", "64"), "holds a different student than this run asks for: --student_hidden_size 64 "
+                                          "(it has 32); resume with the checkpoint's shape"),
+        (("--max_seq_len", "16"), "does not fit this run: --max_seq_len 16 differs from the checkpoint's --max_seq_len "
+                                  "32; resume with the checkpoint's corpus config and values, or pass --ignore_data"),
+        (("--shuffle_buffer", "4"), "--shuffle_buffer 4 differs from the checkpoint's --shuffle_buffer 16"),
+    ],
+)  # fmt: skip
+def test_resume_with_another_student_shape_or_stream_is_refused_in_one_line(uninterrupted, tmp_path, capsys,
+                                                                            change, expected):  # fmt: skip
+    reference, argv = uninterrupted
+    out = tmp_path / "out"
+    shutil.copytree(reference / "checkpoint-3", out / "checkpoint-3")
+    status, stdout, stderr = run_main(edit(resume_argv(argv, out), *change), capsys)
+    assert status == 2 and stderr.count("\n") == 1 and expected in stderr, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3"]
+
+
+def test_latest_skips_a_corrupt_newest_checkpoint_and_intervals_given_now_win(uninterrupted, tmp_path, capsys):
+    reference, argv = uninterrupted
+    out = tmp_path / "out"
+    for step in (3, 6):
+        shutil.copytree(reference / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    _flip_middle_byte(out / "checkpoint-6" / "student" / "model.safetensors")  # same size, headers intact
+    # The checkpoint says logging every step and saving every 3; this run asks for 2 and 5.
+    resumed = edit(edit(edit(resume_argv(argv, out), "--max_steps", "5"), "--logging_steps", "2"), "--save_steps", "5")
+    status, stdout, stderr = run_main(resumed, capsys)
+    assert status == 0, stderr
+    newest = out / "checkpoint-6"
+    assert (
+        f"note: skipping {newest}: checkpoint {newest} is corrupt: student/model.safetensors does not match the "
+        "sha256 recorded when it was saved (bytes changed)" in stdout
+    )
+    assert f"resuming from {out / 'checkpoint-3'}, the newest intact checkpoint (skipped: checkpoint-6)" in stdout
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e][-1:] == [4]  # every 2 steps now: 4 (not 4 and 5)
+    assert (out / "checkpoint-5" / COMPLETE_MARKER).is_file()  # every 5 steps now (3 would not save at 5)
+
+
+def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable, "TEACHER_DIR": str(setup["teacher"]),
+           "TRAIN_CONFIG": str(setup["train"]), "OUTPUT_DIR": str(tmp_path / "out"), "LR": "-1",
+           "NPROC": "1", "PRECISION": "none"}  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "run.sh"
+    result = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "error: LR=-1.0 is not valid; give a positive learning rate such as 6e-4\n"
+    assert not (tmp_path / "out").exists()
