@@ -1,42 +1,92 @@
-"""Where each encoder architecture keeps its embeddings, layers and Q/K/V projections.
+"""Where each encoder architecture's attention takes its Q/K/V, and how the distiller captures them.
 
-MiniLMv2 reads the query, key and value projections of one self-attention layer, so the distiller needs to
-run an encoder up to a layer and call that layer's projections directly (transformers 5 uses SDPA and returns
-no attention maps). Supporting a new architecture is one `EncoderLayout` entry below, keyed by the config's
-`model_type`, with dotted attribute paths relative to the base model (e.g. `BertModel`, not `BertForMaskedLM`).
+MiniLMv2 compares the query, key and value vectors of one self-attention layer. The distiller does not rebuild
+any part of a model: each model runs its *own* forward (its embeddings, masks, positions, norms), and the Q/K/V
+of the chosen layer are taken exactly as that layer's attention would use them. The forward then stops at once
+(a private exception, caught here), so no layer above runs and the chosen layer's attention, output projection
+and FFN never run either.
+
+Two ways to capture, both declared per architecture in `ENCODER_LAYOUTS` (keyed by the config's `model_type`):
+
+- Models that call attention through `transformers.AttentionInterface` (BERT, RoBERTa, XLM-R, ELECTRA,
+  DistilBERT, ModernBERT): for the length of one forward, the model's attention implementation is switched to
+  `minilmv2_capture`, a function that runs SDPA in the layers below and, in the chosen layer, receives
+  (B, heads, S, d) Q/K/V *after* any rotary embedding (ModernBERT rotates Q and K inside the attention module).
+- Models with their own attention code (MPNet, DeBERTa-v2/v3): forward hooks on the chosen layer's Q/K/V
+  nn.Linear projections. No rotary embeddings there: what the projections return is what the scores use.
+
+Adding an architecture: one `EncoderLayout` line with the path of its layer list, of the module that calls the
+attention function (or of its three projections), of the nn.Linear that produces Q (to read the width), and
+which config fields the student must resize. Paths are relative to the base model (`BertModel`, not
+`BertForMaskedLM`).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from minilmv2.relations import KEY, QUERY, VALUE
+
+CAPTURE_IMPLEMENTATION = "minilmv2_capture"
 
 
 @dataclass(frozen=True)
 class EncoderLayout:
-    """Dotted paths to the parts of an encoder that MiniLMv2 touches."""
+    """Where one architecture keeps what MiniLMv2 reads; dotted paths, relative to the base model or a layer."""
 
     layers: str = "encoder.layer"  # the ModuleList of transformer layers
-    query: str = "attention.self.query"  # inside one layer: the Q/K/V nn.Linear projections
-    key: str = "attention.self.key"
-    value: str = "attention.self.value"
-    # Applied after `embeddings` when the model has it (ELECTRA projects a small embedding to the hidden size).
-    embedding_projection: str | None = None
+    # Inside a layer: the module that calls the AttentionInterface function (it is passed to it as `module`).
+    # None: the architecture computes attention in its own code, and `projections` are hooked instead.
+    attention: str | None = "attention.self"
+    # Inside a layer: the separate Q, K and V nn.Linear projections, if the architecture has them.
+    projections: tuple[str, str, str] | None = ("attention.self.query", "attention.self.key", "attention.self.value")
+    # Inside a layer: one nn.Linear whose output is [Q; K; V] in three equal blocks (ModernBERT's Wqkv).
+    fused_projection: str | None = None
+    # Student config fields and what they follow: "hidden" (student hidden size), "ffn" (student FFN size) or
+    # "head" (hidden / heads). A field other than the FFN one is set only when the teacher's config has it.
+    sized_fields: tuple[tuple[str, str], ...] = (("intermediate_size", "ffn"),)
 
-    def projection_path(self, kind: int) -> str:
-        return {QUERY: self.query, KEY: self.key, VALUE: self.value}[kind]
+    def __post_init__(self):
+        if self.attention is None and self.projections is None:
+            raise ValueError("an EncoderLayout needs the attention module or the Q/K/V projections to capture")
+        if (self.projections is None) == (self.fused_projection is None):
+            raise ValueError("an EncoderLayout names either three Q/K/V projections or one fused projection")
 
 
 ENCODER_LAYOUTS: dict[str, EncoderLayout] = {
     "bert": EncoderLayout(),
     "roberta": EncoderLayout(),
     "xlm-roberta": EncoderLayout(),
-    "electra": EncoderLayout(embedding_projection="embeddings_project"),
+    # ELECTRA projects a small embedding to the hidden size; a student embeds straight into its hidden size.
+    "electra": EncoderLayout(sized_fields=(("intermediate_size", "ffn"), ("embedding_size", "hidden"))),
+    "distilbert": EncoderLayout(
+        layers="transformer.layer",
+        attention="attention",
+        projections=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        sized_fields=(("hidden_dim", "ffn"),),  # dim, n_layers, n_heads are aliased by the config's attribute_map
+    ),
+    # Rotary embeddings are applied inside `attn`, after Wqkv: the attention function sees the rotated Q and K.
+    "modernbert": EncoderLayout(layers="layers", attention="attn", projections=None, fused_projection="attn.Wqkv"),
+    "mpnet": EncoderLayout(attention=None, projections=("attention.attn.q", "attention.attn.k", "attention.attn.v")),
+    "deberta-v2": EncoderLayout(
+        attention=None,
+        projections=("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
+        sized_fields=(
+            ("intermediate_size", "ffn"),
+            ("embedding_size", "hidden"),
+            ("pooler_hidden_size", "hidden"),
+            ("attention_head_size", "head"),
+        ),
+    ),
 }
 
 
@@ -46,9 +96,10 @@ def base_model(model: nn.Module) -> nn.Module:
     return inner if inner is not None else model
 
 
-def layout_for(model: nn.Module) -> EncoderLayout:
-    """The layout of `model`'s architecture; ValueError naming the supported ones otherwise."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+def layout_for(model_or_config: nn.Module | object) -> EncoderLayout:
+    """The layout of a model's (or config's) architecture; ValueError naming the supported ones otherwise."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
     if model_type not in ENCODER_LAYOUTS:
         supported = ", ".join(sorted(ENCODER_LAYOUTS))
         raise ValueError(
@@ -62,18 +113,104 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     return base_model(model).get_submodule(layout_for(model).layers)
 
 
+def qkv_width(model: nn.Module, layer: int) -> int:
+    """Width H of the Q/K/V states of `layer` (1-based): all heads together, the size split into relation heads."""
+    layout = layout_for(model)
+    if layout.fused_projection is not None:
+        return encoder_layers(model)[layer - 1].get_submodule(layout.fused_projection).out_features // 3
+    return qkv_projection(model, layer - 1, QUERY).out_features
+
+
 def qkv_projection(model: nn.Module, layer_index: int, kind: int) -> nn.Linear:
-    """The nn.Linear producing vector kind `kind` (1=Q, 2=K, 3=V) in layer `layer_index` (0-based)."""
-    return encoder_layers(model)[layer_index].get_submodule(layout_for(model).projection_path(kind))
+    """The nn.Linear producing vector kind `kind` (1=Q, 2=K, 3=V) in layer `layer_index` (0-based).
+
+    Only for architectures with separate projections; their output is Q/K/V before any rotary embedding.
+    """
+    layout = layout_for(model)
+    if layout.projections is None:
+        raise ValueError(
+            f"{model.config.model_type} has no separate Q/K/V projections (it has {layout.fused_projection})"
+        )
+    return encoder_layers(model)[layer_index].get_submodule(layout.projections[kind - 1])
 
 
-def embedding_modules(model: nn.Module) -> list[nn.Module]:
-    """Modules that turn token ids into the first layer's input, in order."""
-    base, layout = base_model(model), layout_for(model)
-    modules = [base.embeddings]
-    if layout.embedding_projection and hasattr(base, layout.embedding_projection):
-        modules.append(base.get_submodule(layout.embedding_projection))
-    return modules
+# ---------------------------------------------------------------------------------------------------------
+# Capture
+
+
+class _Captured(BaseException):
+    """Carries the captured states out of the model's forward. A BaseException, so that no `except Exception`
+    in model code can swallow it."""
+
+    def __init__(self, states: dict[int, torch.Tensor]):
+        super().__init__()
+        self.states = states
+
+
+# Set on the chosen layer's attention module (or projection) for the length of one capture only.
+_TARGET = "_minilmv2_capture_target"
+
+
+def _capture_attention(module, query, key, value, attention_mask, **kwargs):
+    """AttentionInterface function: SDPA, except in the chosen layer, whose (B, heads, S, d) Q/K/V end the forward."""
+    if getattr(module, _TARGET, False):
+        raise _Captured({QUERY: query, KEY: key, VALUE: value})
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+# A function registered in AttentionInterface must also be in AttentionMaskInterface: for an unknown name
+# masking_utils builds no padding mask at all. SDPA's boolean mask is what `sdpa_attention_forward` takes, and
+# it carries ModernBERT's sliding window too.
+AttentionInterface.register(CAPTURE_IMPLEMENTATION, _capture_attention)
+AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
+
+
+def _configs(model: nn.Module) -> list:
+    """Every distinct config object the model's modules read their attention implementation from."""
+    configs = {id(model.config): model.config}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            configs.setdefault(id(config), config)
+    return list(configs.values())
+
+
+@contextmanager
+def _attention_capture(model: nn.Module, target: nn.Module) -> Iterator[None]:
+    configs = _configs(model)
+    previous = [config._attn_implementation for config in configs]
+    setattr(target, _TARGET, True)
+    try:
+        for config in configs:
+            config._attn_implementation = CAPTURE_IMPLEMENTATION
+        yield
+    finally:
+        for config, implementation in zip(configs, previous, strict=True):
+            config._attn_implementation = implementation
+        delattr(target, _TARGET)
+
+
+@contextmanager
+def _projection_capture(projections: dict[int, nn.Module], kinds: set[int]) -> Iterator[None]:
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(kind):
+        def take(module, inputs, output):
+            # DeBERTa with share_att_key also projects its 2-D relative embeddings with the same Linear layers,
+            # after Q/K/V; only the (B, S, H) call on the layer's hidden states is the vector kind we want.
+            if output.dim() == 3 and kind not in captured:
+                captured[kind] = output
+                if kinds <= captured.keys():
+                    raise _Captured(dict(captured))
+
+        return take
+
+    handles = [projections[kind].register_forward_hook(hook(kind)) for kind in sorted(kinds)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def qkv_states(
@@ -84,29 +221,41 @@ def qkv_states(
     attention_mask: torch.Tensor,
     token_type_ids: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Run `model` up to its `layer`-th layer (1-based) and return that layer's Q/K/V projections.
+    """Run `model`'s own forward up to its `layer`-th layer (1-based) and return that layer's Q/K/V.
 
-    Layers above `layer` and the layer's own attention, FFN and output are never run: the loss reads only
-    the projections of the layer's input.
+    Q and K are taken as the layer's attention compares them (after rotary embeddings where the model has
+    them). The forward stops there: no layer above runs, nor the layer's own attention, output and FFN.
 
-    Args: input_ids, attention_mask (B, S) (1 = real token), token_type_ids (B, S) or None.
-    Returns: {kind: (B, S, H)} for each requested kind (1=Q, 2=K, 3=V).
+    Args: input_ids, attention_mask (B, S) (1 = real token), token_type_ids (B, S) or None (dropped for models
+    that have none). Returns: {kind: (B, S, H)} for each requested kind (1=Q, 2=K, 3=V).
     """
-    base = base_model(model)
-    embed_kwargs = {"input_ids": input_ids}
-    if token_type_ids is not None:
-        embed_kwargs["token_type_ids"] = token_type_ids
-    hidden = base.embeddings(**embed_kwargs)
-    for module in embedding_modules(model)[1:]:
-        hidden = module(hidden)
-    layers = encoder_layers(model)
-    if layer > 1:
-        # A sample with no real token would make every attention row fully masked (NaN under SDPA); let it
-        # attend to its padding instead. Its weight in the loss is zero either way.
-        model_mask = attention_mask.masked_fill(~attention_mask.bool().any(dim=1, keepdim=True), 1)
-        layer_mask = create_bidirectional_mask(config=base.config, inputs_embeds=hidden, attention_mask=model_mask)
-        for transformer_layer in layers[: layer - 1]:
-            hidden = transformer_layer(hidden, layer_mask)
-    last = layers[layer - 1]
-    layout = layout_for(model)
-    return {kind: last.get_submodule(layout.projection_path(kind))(hidden) for kind in sorted(kinds)}
+    base, layout = base_model(model), layout_for(model)
+    target_layer = encoder_layers(model)[layer - 1]
+    # A sample with no real token would make every attention row fully masked (NaN under SDPA); let it attend
+    # to its padding instead. Its weight in the loss is zero either way.
+    model_mask = attention_mask.masked_fill(~attention_mask.bool().any(dim=1, keepdim=True), 1)
+    inputs = {"input_ids": input_ids, "attention_mask": model_mask}
+    if token_type_ids is not None and _accepts_token_types(base):
+        inputs["token_type_ids"] = token_type_ids
+    if layout.attention is not None:
+        capture = _attention_capture(base, target_layer.get_submodule(layout.attention))
+    else:
+        projections = {kind: qkv_projection(model, layer - 1, kind) for kind in (QUERY, KEY, VALUE)}
+        capture = _projection_capture(projections, set(kinds))
+    try:
+        with capture:
+            base(**inputs)
+    except _Captured as captured:
+        states = captured.states
+    else:
+        raise RuntimeError(f"layer {layer} of {type(base).__name__} never reached its attention; nothing captured")
+    batch, seq = input_ids.shape
+    # (B, heads, S, d) from the attention function, (B, S, H) from a projection hook
+    return {
+        kind: states[kind].transpose(1, 2).reshape(batch, seq, -1) if states[kind].dim() == 4 else states[kind]
+        for kind in sorted(kinds)
+    }
+
+
+def _accepts_token_types(base: nn.Module) -> bool:
+    return "token_type_ids" in inspect.signature(type(base).forward).parameters

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from minilmv2.architectures import embedding_modules, encoder_layers, layout_for, qkv_projection, qkv_states
+from minilmv2.architectures import encoder_layers, qkv_states, qkv_width
 from minilmv2.relations import KEY, KIND_NAMES, QUERY, VALUE, check_kernel, relation_loss
 
 # The reference's default: Q-Q, K-K and V-V relations with weight 1 each.
@@ -55,11 +55,12 @@ class MiniLM(nn.Module):
     The teacher's layer `L` and the student's layer `M` (1-based; default: the last layer of each) are compared
     through `relations`, a mapping of (i, j) pairs of 1=Q, 2=K, 3=V to weights, with `A_r` relation heads.
 
-    Only what the loss needs is computed: the teacher runs under inference mode and stops at layer L, and the
-    student stops at the Q/K/V projections of layer M. The student parameters this leaves without a gradient
-    (layer M's attention output and FFN, layers above M, the pooler, unused projections) are set to
-    `requires_grad=False` here, so DDP sees only parameters that always get a gradient and needs no
-    `find_unused_parameters`. They are trained at fine-tuning time, as in the paper.
+    Both models run their own forward (see minilmv2.architectures), and only what the loss needs is computed:
+    the teacher runs under inference mode and stops at layer L's Q/K/V, the student at layer M's. The student
+    parameters this leaves without a gradient (layer M's attention output and FFN, layers above M, a pooler or
+    final norm, unused projections) are found by following the autograd graph of one tiny capture, whatever the
+    architecture, and set to `requires_grad=False` here, so DDP sees only parameters that always get a gradient
+    and needs no `find_unused_parameters`. They are trained at fine-tuning time, as in the paper.
     """
 
     def __init__(
@@ -122,15 +123,30 @@ class MiniLM(nn.Module):
         return cls(teacher, student, L=L, M=M, relations=V1_RELATIONS, A_r=student_heads, **kwargs)
 
     def _freeze_unreached_student_parameters(self) -> None:
-        reached = {id(p) for module in embedding_modules(self.student) for p in module.parameters()}
-        layers = encoder_layers(self.student)
-        for layer in layers[: self.M - 1]:
-            reached.update(id(p) for p in layer.parameters())
-        for kind in self.kinds:
-            projection = layers[self.M - 1].get_submodule(layout_for(self.student).projection_path(kind))
-            reached.update(id(p) for p in projection.parameters())
-        for parameter in self.student.parameters():
-            if id(parameter) not in reached:
+        """Freeze the trainable student parameters that layer M's captured Q/K/V (all the loss reads) do not depend on.
+
+        One capture of a 4-token input, in eval mode (no dropout, so no random numbers are drawn); a parameter
+        outside its autograd graph can never get a gradient from the loss.
+        """
+        trainable = [p for p in self.student.parameters() if p.requires_grad]
+        if not trainable:
+            return
+        device = trainable[0].device
+        probe_ids = (torch.arange(4, device=device) % self.student.config.vocab_size).unsqueeze(0)
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with torch.enable_grad():
+                states = qkv_states(self.student, self.M, self.kinds, probe_ids, torch.ones_like(probe_ids))
+                total = sum(state.float().sum() for state in states.values())
+                if total.requires_grad:
+                    grads = torch.autograd.grad(total, trainable, allow_unused=True)
+                else:  # nothing the loss reads is trainable
+                    grads = [None] * len(trainable)
+        finally:
+            self.student.train(was_training)
+        for parameter, grad in zip(trainable, grads, strict=True):
+            if grad is None:
                 parameter.requires_grad_(False)
 
     def train(self, mode: bool = True) -> MiniLM:
@@ -168,11 +184,6 @@ class MiniLM(nn.Module):
             kernel=self.kernel,
         )
         return MiniLMOutput(loss=loss)
-
-
-def qkv_width(model: nn.Module, layer: int) -> int:
-    """Width H of the Q/K/V states of `layer` (1-based), the size that is split into relation heads."""
-    return qkv_projection(model, layer - 1, QUERY).out_features
 
 
 __all__ = ["MiniLM", "MiniLMOutput", "DEFAULT_RELATIONS", "V1_RELATIONS"]

@@ -7,6 +7,8 @@ import copy
 import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
+from minilmv2.architectures import layout_for
+
 
 def student_config_from_teacher(
     teacher_config: PretrainedConfig,
@@ -18,7 +20,11 @@ def student_config_from_teacher(
     """The teacher's config (architecture, vocabulary, positions, token types, activation) in the student's shape.
 
     The FFN size defaults to 4 x hidden, as in every released MiniLM student (6 x 384 with the BERT vocab is
-    22.7M parameters; copying the teacher's 3072 would make it 29.8M).
+    22.7M parameters; copying the teacher's 3072 would make it 29.8M). Architecture-specific sizes follow the
+    `sized_fields` of the architecture's layout (DistilBERT's `hidden_dim`, ELECTRA's and DeBERTa's embedding
+    size, DeBERTa's pooler); a per-layer pattern (ModernBERT's global / sliding-window `layer_types`) is
+    continued over the student's layers. Shape-free settings are the teacher's: vocabulary, positions, rotary
+    bases and sliding window, DeBERTa's relative position buckets, MPNet's relative attention buckets.
     """
     for name, value in (
         ("hidden_size", hidden_size),
@@ -33,13 +39,23 @@ def student_config_from_teacher(
         )
     if intermediate_size is not None and (not isinstance(intermediate_size, int) or intermediate_size < 1):
         raise ValueError(f"student intermediate_size must be a positive integer, got {intermediate_size!r}")
+    layout = layout_for(teacher_config)
     config = copy.deepcopy(teacher_config)
+    # DistilBERT's dim / n_layers / n_heads are reached through these names by its config's attribute_map.
     config.hidden_size = hidden_size
     config.num_hidden_layers = num_layers
     config.num_attention_heads = num_attention_heads
-    config.intermediate_size = intermediate_size or 4 * hidden_size
-    if hasattr(config, "embedding_size"):  # ELECTRA: a student embeds straight into its hidden size
-        config.embedding_size = hidden_size
+    sizes = {
+        "hidden": hidden_size,
+        "ffn": intermediate_size or 4 * hidden_size,
+        "head": hidden_size // num_attention_heads,
+    }
+    for field, follows in layout.sized_fields:
+        if follows == "ffn" or hasattr(config, field):  # every architecture has an FFN size; the rest are optional
+            setattr(config, field, sizes[follows])
+    layer_types = getattr(teacher_config, "layer_types", None)
+    if layer_types:
+        config.layer_types = continued_pattern(list(layer_types), num_layers)
     # A teacher saved in bf16/fp16 loads in that dtype (transformers 5 defaults to dtype="auto"); the student
     # is trained, so it keeps fp32 master weights whatever the teacher's storage dtype.
     config.dtype = torch.float32
@@ -47,6 +63,15 @@ def student_config_from_teacher(
     config.architectures = None
     config._name_or_path = ""
     return config
+
+
+def continued_pattern(pattern: list[str], length: int) -> list[str]:
+    """The shortest period that repeats through `pattern`, continued to `length` entries.
+
+    ModernBERT-base's 22 layers are (global, local, local) repeated: a 6-layer student gets the same rhythm.
+    """
+    period = next(p for p in range(1, len(pattern) + 1) if all(t == pattern[i % p] for i, t in enumerate(pattern)))
+    return [pattern[i % period] for i in range(length)]
 
 
 def build_student(config: PretrainedConfig) -> PreTrainedModel:

@@ -7,8 +7,12 @@ One sample, one relation head, one pair at a time, in float64, over the sample's
 from __future__ import annotations
 
 import math
+import sys
+from contextlib import contextmanager
 
 import torch
+
+from minilmv2.architectures import base_model, encoder_layers, layout_for, qkv_projection
 
 
 def per_sample_relation_loss(
@@ -65,3 +69,47 @@ def make_mask(lengths: list[int], seq_len: int, side: str) -> torch.Tensor:
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||actual - expected|| / ||expected||, in float64."""
     return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)).item()
+
+
+@contextmanager
+def recorded_qkv(model, layer: int):
+    """Record layer `layer`'s (1-based) Q/K/V, {kind: (B, S, H)}, while the model runs a full forward as it is.
+
+    For models that call attention through AttentionInterface, the model must be configured with eager attention:
+    the module-level `eager_attention_forward` of its modeling file, which the attention looks up at call time, is
+    wrapped to record what it is given (after rotary embeddings). For the others, forward hooks on the Q/K/V
+    projections keep their first (B, S, H) output (DeBERTa also projects its 2-D relative embeddings).
+    Nothing stops the forward: every layer runs.
+    """
+    layout, recorded = layout_for(model), {}
+    if layout.attention is not None:
+        assert model.config._attn_implementation == "eager", "the reference records the eager attention"
+        modeling = sys.modules[type(base_model(model)).__module__]
+        original = modeling.eager_attention_forward
+        target = encoder_layers(model)[layer - 1].get_submodule(layout.attention)
+
+        def recording(module, query, key, value, *args, **kwargs):
+            if module is target:  # (B, heads, S, d) -> (B, S, H)
+                for kind, states in ((1, query), (2, key), (3, value)):
+                    recorded[kind] = states.transpose(1, 2).reshape(*states.shape[:1], states.shape[2], -1)
+            return original(module, query, key, value, *args, **kwargs)
+
+        modeling.eager_attention_forward = recording
+        try:
+            yield recorded
+        finally:
+            modeling.eager_attention_forward = original
+    else:
+        handles = []
+        for kind in (1, 2, 3):
+
+            def hook(module, inputs, output, kind=kind):
+                if output.dim() == 3 and kind not in recorded:
+                    recorded[kind] = output
+
+            handles.append(qkv_projection(model, layer - 1, kind).register_forward_hook(hook))
+        try:
+            yield recorded
+        finally:
+            for handle in handles:
+                handle.remove()
