@@ -57,7 +57,7 @@ WEIGHT_FILES = (
 # Any of these makes a folder loadable by AutoTokenizer (fast tokenizer, WordPiece, BPE or SentencePiece files).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
 # Models whose position ids start after the padding index: max_position_embeddings - (pad_token_id + 1) usable.
-PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert")
+PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "mpnet")
 
 
 class OneLineParser(argparse.ArgumentParser):
