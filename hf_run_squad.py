@@ -53,6 +53,8 @@ from minilmv2.finetune_checks import (  # noqa: E402
 
 # Files whose presence means a run in that output directory got to the end (we write them last).
 FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
+# Models whose position ids start after the padding index: max_position_embeddings - (pad_token_id + 1) usable.
+POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert")
 # Flags of the seed's run_squad.py that transformers 5 no longer has, with what to use instead.
 RENAMED_FLAGS = {
     "--per_gpu_train_batch_size": "use --per_device_train_batch_size (the batch per GPU)",
@@ -221,6 +223,17 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
     return files
 
 
+def check_window_fits(data_args: DataTrainingArguments, max_seq_length: int, whose: str) -> None:
+    """UsageError when doc_stride or max_query_length leave a window of max_seq_length no room."""
+    if data_args.doc_stride >= max_seq_length:
+        raise UsageError(f"--doc_stride {data_args.doc_stride} must be below {whose} max length {max_seq_length}")
+    if data_args.max_query_length > max_seq_length - 5:
+        raise UsageError(
+            f"--max_query_length {data_args.max_query_length} leaves no room for the context in {whose} "
+            f"max length {max_seq_length}; pass at most {max_seq_length - 5}"
+        )
+
+
 def check_hub_dataset(data_args: DataTrainingArguments) -> None:
     """UsageError when --dataset_name needs the hub but it is offline, or disagrees with the version flag."""
     from huggingface_hub import constants
@@ -324,8 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if max_seq_length > tokenizer.model_max_length:
         max_seq_length = tokenizer.model_max_length
         print(f"--max_seq_length {data_args.max_seq_length} exceeds the tokenizer's {max_seq_length}; using that")
-        if data_args.doc_stride >= max_seq_length:
-            raise UsageError(f"--doc_stride {data_args.doc_stride} must be below the tokenizer's {max_seq_length}")
+    check_window_fits(data_args, max_seq_length, "the tokenizer's")
 
     set_seed(training_args.seed)
     raw_datasets = load_raw_datasets(files, data_args, model_args)
@@ -334,6 +346,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     config_source = model_args.config_name or model_args.model_name_or_path
     with refuse_load_errors("--config_name" if model_args.config_name else "--model_name_or_path", config_source):
         config = AutoConfig.from_pretrained(config_source, **hub_kwargs)
+    # A window longer than the position table would fail in the first forward pass, after the data work.
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and config.model_type in POSITION_OFFSET_MODELS:
+        positions -= (config.pad_token_id or 0) + 1
+    if positions is not None and max_seq_length > positions:
+        raise UsageError(
+            f"--max_seq_length {max_seq_length} exceeds the model's {positions} positions; pass at most {positions}"
+        )
     with refuse_load_errors("--model_name_or_path", model_args.model_name_or_path):
         model = AutoModelForQuestionAnswering.from_pretrained(
             model_args.model_name_or_path, config=config, **hub_kwargs
