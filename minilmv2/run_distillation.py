@@ -701,6 +701,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     from minilmv2 import MiniLM, build_student, student_config_from_teacher
     from minilmv2.data import PadCollator, TokenStream
     from minilmv2.plots import plot_loss_curve
+    from minilmv2.student import ffn_size
     from minilmv2.training import (
         DATA_STATE_DIR,
         STUDENT_DIR,
@@ -748,7 +749,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     print0(
         f"student: {student_config.num_hidden_layers} layers x {student_config.hidden_size} hidden x "
-        f"{student_config.num_attention_heads} heads, FFN {student_config.intermediate_size}: "
+        f"{student_config.num_attention_heads} heads, FFN {ffn_size(student_config)}: "
         f"{sum(p.numel() for p in student.parameters()):,} parameters ({trainable:,} get a gradient)"
     )
 

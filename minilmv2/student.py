@@ -65,6 +65,12 @@ def student_config_from_teacher(
     return config
 
 
+def ffn_size(config: PretrainedConfig) -> int:
+    """The FFN (intermediate) size, whatever the architecture calls it (DistilBERT: `hidden_dim`)."""
+    field = next(field for field, follows in layout_for(config).sized_fields if follows == "ffn")
+    return getattr(config, field)
+
+
 def continued_pattern(pattern: list[str], length: int) -> list[str]:
     """The shortest period that repeats through `pattern`, continued to `length` entries.
 
