@@ -13,6 +13,7 @@ from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpu
 from transformers import AutoModel, AutoTokenizer
 
 from minilmv2.data import TokenStream, load_corpus_config
+from minilmv2.run_distillation import main
 from minilmv2.training import COMPLETE_MARKER, parameters_sha256
 
 STEPS, BATCH, SEQ_LEN, BUFFER = 6, 4, 32, 16
@@ -25,14 +26,35 @@ def test_two_ranks_share_the_corpus_and_stay_identical(corpus_dir, tmp_path):
     train = write_corpus_config(
         tmp_path / "train.json", [first_lines(corpus_dir / "books-01.txt", tmp_path / "books.txt", 300)]
     )
+    # Held-out text scored before training (identical weights on any number of processes) and at the end.
+    val = write_corpus_config(tmp_path / "val.json", [first_lines(corpus_dir / "val-00.txt", tmp_path / "v.txt", 12)])
+    held_out = ("--eval_on_start", "true", "--eval_steps", str(STEPS), "--per_device_eval_batch_size", str(BATCH))
     out = tmp_path / "out"
-    argv = distill_argv(teacher, train, out, training=("--save_steps", str(STEPS)), max_steps=STEPS)
+    argv = distill_argv(
+        teacher, train, out, data=("--val_config", str(val)), training=("--save_steps", str(STEPS), *held_out),
+        max_steps=STEPS,
+    )  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += ["-m", "minilmv2.run_distillation", *argv]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("student:    ") == 1  # only rank 0 talks
+
+    # The held-out loss: every sequence once, equal weights, the same figure as one process gives. The set is
+    # not a multiple of 2 ranks x 4 per batch, so neither a short last batch nor cycling back may count.
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    sequences = len(list(TokenStream(load_corpus_config(val), tokenizer, SEQ_LEN, shuffle_buffer=1, infinite=False)))
+    assert sequences % (2 * BATCH) != 0
+    one = tmp_path / "one_process"
+    assert main(distill_argv(teacher, train, one, data=("--val_config", str(val)), training=held_out, max_steps=1)) == 0
+    start = [
+        next(e for e in json.loads((run / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e)
+        for run in (out, one)
+    ]
+    assert start[0]["step"] == start[1]["step"] == 0
+    assert start[0]["eval_sequences"] == start[1]["eval_sequences"] == sequences
+    assert abs(start[0]["eval_loss"] - start[1]["eval_loss"]) <= 1e-6 * start[1]["eval_loss"]
 
     checkpoint = out / f"checkpoint-{STEPS}"
     assert json.loads((checkpoint / COMPLETE_MARKER).read_text()) == {"global_step": STEPS, "world_size": 2}
@@ -44,7 +66,6 @@ def test_two_ranks_share_the_corpus_and_stay_identical(corpus_dir, tmp_path):
 
     # Different data: rebuild each rank's stream; after exactly STEPS x BATCH examples it is where the run
     # left it, so those are the examples that rank trained on.
-    tokenizer = AutoTokenizer.from_pretrained(teacher)
     config = load_corpus_config(train)
     seen = []
     for rank, record in enumerate(records):
