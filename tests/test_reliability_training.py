@@ -604,3 +604,43 @@ def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path):
     assert result.returncode == 2
     assert result.stderr == "error: LR=-1.0 is not valid; give a positive learning rate such as 6e-4\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_held_out_loss_is_the_mean_over_sequences_and_the_best_student_is_loaded(setup, corpus_dir, tmp_path, capsys):
+    from transformers import AutoModel, AutoTokenizer
+
+    from minilmv2 import MiniLM
+    from minilmv2.data import TokenStream, load_corpus_config
+
+    val = write_corpus_config(tmp_path / "val.json", [first_lines(corpus_dir / "val-00.txt", tmp_path / "v.txt", 12)])
+    out = tmp_path / "out"
+    # Ranked by the highest loss, so the best checkpoint is not simply the last one (the loss goes down).
+    best_options = ("--load_best_model_at_end", "true", "--metric_for_best_model", "loss")
+    best_options += ("--greater_is_better", "true")
+    options = ("--eval_strategy", "steps", "--eval_steps", "1", "--save_steps", "1")
+    options += ("--per_device_eval_batch_size", "4")
+    argv = distill_argv(
+        setup["teacher"], setup["train"], out, data=("--val_config", str(val)), training=options + best_options,
+        max_steps=3,
+    )  # fmt: skip
+    status, stdout, stderr = run_main(argv, capsys)
+    assert status == 0, stderr
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = {e["step"]: e for e in state["log_history"] if "eval_loss" in e}
+    worst = max(evals, key=lambda step: evals[step]["eval_loss"])
+    assert worst != 3 and state["best_model_checkpoint"] == str(out / f"checkpoint-{worst}")
+    assert f"loading the best student ({evals[worst]['eval_loss']}) from {out / f'checkpoint-{worst}'}" in stdout
+    exported = parameters_sha256(_load_student(out / "student"))
+    assert exported == parameters_sha256(_load_student(out / f"checkpoint-{worst}" / "student"))
+
+    # Step 3's figure is the plain mean of every held-out sequence's loss, scored one at a time by hand.
+    tokenizer = AutoTokenizer.from_pretrained(setup["teacher"])
+    sequences = [e["input_ids"] for e in TokenStream(load_corpus_config(val), tokenizer, 32, infinite=False)]
+    assert len(sequences) % 4 != 0 and evals[3]["eval_sequences"] == len(sequences)
+    teacher, student = AutoModel.from_pretrained(setup["teacher"]), _load_student(out / "checkpoint-3" / "student")
+    distiller = MiniLM(teacher, student, L=2, A_r=4).eval()
+    with torch.no_grad():
+        losses = [distiller(input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s)))["loss"]
+                  for s in sequences]  # fmt: skip
+    expected = float(torch.stack(losses).double().mean())
+    assert abs(evals[3]["eval_loss"] - expected) <= 1e-5 * expected
