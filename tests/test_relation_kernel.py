@@ -17,6 +17,7 @@ import pytest
 import torch
 
 ON_GPU = torch.cuda.is_available()
+_interpret_before = os.environ.get("TRITON_INTERPRET")
 if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton")
@@ -28,6 +29,20 @@ from minilmv2 import MiniLM, build_student, relation_kernel, student_config_from
 from minilmv2.relations import relation_loss  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+# The kernels are decorated now; the rest of the test session (subprocesses included) should not inherit the
+# setting, so it is put back and set again only around this module's tests.
+if _interpret_before is None:
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    os.environ["TRITON_INTERPRET"] = _interpret_before
+
+
+@pytest.fixture(autouse=True)
+def triton_interpreter(monkeypatch):
+    """kernel="triton" accepts CPU tensors only while TRITON_INTERPRET is set (minilmv2.relations.resolve_kernel)."""
+    if not ON_GPU:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
 
 CASES = {
     # seq, teacher hidden, student hidden, A_r, lengths, padding side, relations, dtype
