@@ -23,6 +23,7 @@ which config fields the student must resize. Paths are relative to the base mode
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -257,5 +258,10 @@ def qkv_states(
     }
 
 
+@functools.cache
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
 def _accepts_token_types(base: nn.Module) -> bool:
-    return "token_type_ids" in inspect.signature(type(base).forward).parameters
+    return "token_type_ids" in _forward_parameters(type(base))
