@@ -148,7 +148,7 @@ class _Captured(BaseException):
         self.states = states
 
 
-# Set on the chosen layer's attention module (or projection) for the length of one capture only.
+# Set on the chosen layer's attention module for the length of one capture only.
 _TARGET = "_minilmv2_capture_target"
 
 
