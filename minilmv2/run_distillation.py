@@ -772,7 +772,9 @@ def train_and_export(plan: Plan, stop_signal) -> int:
             train_stream.load_state_dict(json.loads(state_file.read_text())["stream"])
         except ValueError as err:
             raise UsageError(f"{state_file}: {err}; pass --ignore_data_skip to restart the data stream") from None
-        print0(f"resuming the corpus stream where {plan.checkpoint} left it (nothing is re-read or re-tokenised)")
+        seeks = all(unit.mode == "bytes" for unit in train_stream.units)
+        how = "nothing is re-read or re-tokenised" if seeks else "row-wise files skip their consumed rows untokenised"
+        print0(f"resuming the corpus stream where {plan.checkpoint} left it ({how})")
 
     trainer = DistillationTrainer(
         model=distiller,
