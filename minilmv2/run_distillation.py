@@ -648,7 +648,8 @@ def configure_training_args(training_args, has_val: bool) -> None:
     # each step (the Trainer's default for a model that is not a PreTrainedModel is to search).
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False
-    # Evaluation goes through accelerate: each rank evaluates its own batches of the (small) held-out stream.
+    # No loader of ours goes through accelerate (DistillationTrainer builds both), but should one ever be prepared,
+    # rank 0 must not read and dispatch every batch: each rank's stream is already its own share.
     training_args.accelerator_config.dispatch_batches = False
     if str(training_args.include_num_input_tokens_seen) == "no":
         training_args.include_num_input_tokens_seen = "non_padding"  # for tokens/s at the end
