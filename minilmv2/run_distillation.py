@@ -626,7 +626,8 @@ def make_plan(argv: list[str]) -> Plan:
             raise UsageError(f"{option} {path}: {problem}")
         ranks = range(world_size) if option == "--train_config" else [0]  # held-out text is read whole by all
         for rank in ranks:
-            problem = first_tokens_problem(config, tokenizer, rank, world_size if len(ranks) > 1 else 1, option)
+            shares = world_size if len(ranks) > 1 else 1
+            problem = first_tokens_problem(config, tokenizer, rank, shares, f"{option} {path}")
             if problem:
                 raise UsageError(problem)
     return Plan(
@@ -758,14 +759,15 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     stream_options = {"packing": not data_args.no_packing, "seed": args.seed}
     train_stream = TokenStream(
         plan.train_config, tokenizer, data_args.max_seq_len, shuffle_buffer=data_args.shuffle_buffer,
-        rank=rank, world_size=world_size, infinite=True, **stream_options,
+        rank=rank, world_size=world_size, infinite=True, name=f"--train_config {data_args.train_config}",
+        **stream_options,
     )  # fmt: skip
     val_stream = None
     if plan.val_config is not None:
         # Every rank packs the whole held-out text the same way and scores its own sequences (i = rank mod world).
         val_stream = TokenStream(
             plan.val_config, tokenizer, data_args.max_seq_len, shuffle_buffer=1, infinite=False,
-            sequence_shard=(rank, world_size), name="--val_config", **stream_options,
+            sequence_shard=(rank, world_size), name=f"--val_config {data_args.val_config}", **stream_options,
         )  # fmt: skip
     if plan.restore_data:
         state_file = plan.checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
