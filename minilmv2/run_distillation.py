@@ -548,6 +548,7 @@ class Plan:
     checkpoint: Path | None
     restore_data: bool
     tokenizer: object = None
+    command: list[str] = dataclasses.field(default_factory=list)  # for the student's model card
 
 
 def stream_options(data_args, training_args, tokenizer) -> dict:
@@ -632,7 +633,7 @@ def make_plan(argv: list[str]) -> Plan:
                 raise UsageError(problem)
     return Plan(
         data_args, model_args, training_args, run_options, train_config, val_config, teacher_config, relations,
-        checkpoint, restore_data, tokenizer,
+        checkpoint, restore_data, tokenizer, ["python", "-m", "minilmv2.run_distillation", *argv],
     )  # fmt: skip
 
 
@@ -702,6 +703,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
 
     from minilmv2 import MiniLM, build_student, student_config_from_teacher
     from minilmv2.data import PadCollator, TokenStream
+    from minilmv2.model_card import write_model_card
     from minilmv2.plots import plot_loss_curve
     from minilmv2.student import ffn_size
     from minilmv2.training import (
@@ -809,6 +811,10 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     tokens = trainer.state.num_input_tokens_seen - tokens_before
 
     trainer.save_model(str(output_dir))  # the student export, atomically, on the main process
+    curve = None
+    if trainer.is_world_process_zero():
+        curve = plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
+        write_model_card(output_dir / STUDENT_DIR, summarise_run(plan, distiller, trainer, tokens_seen=tokens), curve)
     if trainer.stopped_by_signal is not None:
         print0(
             f"stopped by signal {trainer.stopped_by_signal} at step {trainer.state.global_step}; "
@@ -818,7 +824,6 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         return 128 + int(trainer.stopped_by_signal)
     if trainer.is_world_process_zero():
         trainer.save_state()  # trainer_state.json beside the student: marks the run finished
-        curve = plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
         print(f"throughput: {tokens / elapsed:,.0f} tokens/s over {world_size} process(es) ({tokens:,} tokens)")
         print(f"student:    {output_dir / STUDENT_DIR}")
         print(f"loss curve: {curve}")
@@ -829,6 +834,37 @@ def train_and_export(plan: Plan, stop_signal) -> int:
             if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None):
                 print(f"tensorboard: {callback.logging_dir}")
     return 0
+
+
+def summarise_run(plan: Plan, distiller, trainer, tokens_seen: int):
+    """What the student's model card reports about this run (rank 0, after the export)."""
+    from minilmv2.architectures import encoder_layers
+    from minilmv2.model_card import DistillationSummary
+    from minilmv2.student import ffn_size
+
+    teacher, student = distiller.teacher, distiller.student
+    config = student.config
+    return DistillationSummary(
+        teacher=plan.model_args.input_model_dir,
+        teacher_layers=len(encoder_layers(teacher)),
+        teacher_hidden_size=teacher.config.hidden_size,
+        model_type=config.model_type,
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=ffn_size(config),
+        num_parameters=sum(p.numel() for p in student.parameters()),
+        teacher_layer=distiller.L,
+        student_layer=distiller.M,
+        num_relation_heads=distiller.A_r,
+        relations=distiller.relations,
+        steps=trainer.state.global_step,
+        # The whole run's tokens, resumed parts included (the throughput line counts this process's part only).
+        tokens_seen=int(trainer.state.num_input_tokens_seen or tokens_seen),
+        command=plan.command,
+        log_history=trainer.state.log_history,
+        stopped_by_signal=None if trainer.stopped_by_signal is None else int(trainer.stopped_by_signal),
+    )
 
 
 def _main(argv: list[str] | None = None) -> int:
