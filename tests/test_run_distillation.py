@@ -74,7 +74,8 @@ def test_grouped_command_line_end_to_end(setup, tmp_path, capsys):
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The model card travels with the student: this run's values, its command, and the curve beside it.
     card = (student_dir / "README.md").read_text()
-    assert f"`{setup['teacher']}` (2 layers x 64 hidden)" in card and "A 2 x 32 `bert` encoder (2 heads, FFN 96," in card
+    assert f"`{setup['teacher']}` (2 layers x 64 hidden)" in card
+    assert "A 2 x 32 `bert` encoder (2 heads, FFN 96," in card
     assert "| relations | Q-Q (weight 1), K-K (weight 1), V-V (weight 1) |" in card
     assert "finished after 6 optimizer steps" in card and "| final held-out loss | " in card
     assert "no held-out set" not in card and "python -m minilmv2.run_distillation" in card
