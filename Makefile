@@ -9,7 +9,7 @@ PIP_INSTALL_ARGS ?=
 MINILMV2_ASSETS ?= $(CURDIR)/.assets
 export MINILMV2_ASSETS
 
-.PHONY: setup assets test lint format quickstart bench clean headlines
+.PHONY: setup assets test test-unit lint format quickstart bench clean headlines
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ headlines: setup assets
 
 test: setup assets
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+
+# The quick loop: unit tests of the pure functions and modules, without the end-to-end script runs.
+test-unit: setup assets
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not integration" tests
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

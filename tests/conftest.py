@@ -16,6 +16,27 @@ from minilmv2.assets import default_dest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Test modules that run the scripts end to end (entry points, run.sh / run_eval.sh, torchrun, the quickstart):
+# marked `integration`, so `pytest -m "not integration"` is the quick loop over the pure functions and modules.
+INTEGRATION_MODULES = {
+    "test_hf_run_evaluation",
+    "test_hf_run_squad",
+    "test_quickstart",
+    "test_reliability_faults",
+    "test_reliability_training",
+    "test_run_distillation",
+    "test_run_eval",
+    "test_seq2seq_script",
+    "test_torchrun",
+    "test_torchrun_architectures",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
+
 
 def assets_dir() -> Path:
     """The assets folder: $MINILMV2_ASSETS, else <repo>/.assets (where `make assets` puts them)."""
