@@ -287,6 +287,12 @@ def prepare_output_dir(out_dir: Path) -> None:
 
 
 @exit_on_usage_error
+def finished_distillation(distill_dir: Path) -> bool:
+    """Whether `distill_dir` holds a finished run's student. A run stopped by a signal exports a (partly
+    trained) student too; only a finished one writes trainer_state.json beside it."""
+    return (distill_dir / "student" / "model.safetensors").is_file() and (distill_dir / "trainer_state.json").is_file()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=Path("runs/quickstart"))
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
 
     distill_dir = out_dir / "distill"
     distilled = distill_dir / "student"
-    if (distilled / "model.safetensors").is_file():
+    if finished_distillation(distill_dir):
         print(f"distilled student found at {distilled}: reusing it")
     else:
         shutil.rmtree(distill_dir, ignore_errors=True)  # an interrupted run: redo it from the start

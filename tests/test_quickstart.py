@@ -77,3 +77,15 @@ def test_missing_assets_are_one_line_and_exit_2(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: --assets") and "teacher, corpus, tasks" in error and "make assets" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_only_a_finished_distillation_is_reused(tmp_path):
+    from minilmv2.quickstart import finished_distillation
+
+    student = tmp_path / "student"
+    student.mkdir()
+    assert not finished_distillation(tmp_path)
+    (student / "model.safetensors").write_bytes(b"")  # what a run stopped by SIGTERM leaves
+    assert not finished_distillation(tmp_path)
+    (tmp_path / "trainer_state.json").write_text("{}")  # written only when the run finished
+    assert finished_distillation(tmp_path)
