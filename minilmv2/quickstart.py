@@ -286,13 +286,13 @@ def prepare_output_dir(out_dir: Path) -> None:
     recorded.write_text(json.dumps(values, indent=2) + "\n")
 
 
-@exit_on_usage_error
 def finished_distillation(distill_dir: Path) -> bool:
     """Whether `distill_dir` holds a finished run's student. A run stopped by a signal exports a (partly
     trained) student too; only a finished one writes trainer_state.json beside it."""
     return (distill_dir / "student" / "model.safetensors").is_file() and (distill_dir / "trainer_state.json").is_file()
 
 
+@exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=Path("runs/quickstart"))
