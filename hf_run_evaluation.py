@@ -39,13 +39,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from minilmv2 import glue  # noqa: E402
-from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
+from minilmv2.errors import UsageError, exit_on_usage_error, one_line  # noqa: E402, F401 (one_line: its tests call it)
 from minilmv2.finetune_checks import (  # noqa: E402
     check_eval_batch,
     check_model_dir,
     check_training_values,
     find_tokenizer_files,
-    one_line,  # noqa: F401 (part of the script's interface; its tests call it)
     parse_script_arguments,
     refuse_load_errors,
 )

@@ -46,8 +46,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hf_run_evaluation import check_model_dir, find_tokenizer_files, one_line, refuse_load_errors  # noqa: E402
-from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
+from hf_run_evaluation import check_model_dir, find_tokenizer_files, refuse_load_errors  # noqa: E402
+from minilmv2.errors import UsageError, exit_on_usage_error, one_line  # noqa: E402
+from minilmv2.hub import hub_offline  # noqa: E402
 
 FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
 PREDICTIONS_FILE = "generated_predictions.txt"
@@ -184,9 +185,7 @@ def check_arguments(model_args, data_args, gen_args, training_args):
     if data_args.dataset_name:
         if data_args.train_file or data_args.validation_file:
             raise UsageError("pass either --dataset_name or --train_file/--validation_file, not both")
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        if hub_offline():
             raise UsageError(
                 f"--dataset_name {data_args.dataset_name!r} needs the hub, which is offline "
                 "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); pass --train_file/--validation_file JSON lines"

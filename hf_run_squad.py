@@ -236,9 +236,9 @@ def check_window_fits(data_args: DataTrainingArguments, max_seq_length: int, who
 
 def check_hub_dataset(data_args: DataTrainingArguments) -> None:
     """UsageError when --dataset_name needs the hub but it is offline, or disagrees with the version flag."""
-    from huggingface_hub import constants
+    from minilmv2.hub import hub_offline
 
-    if constants.HF_HUB_OFFLINE:
+    if hub_offline():
         raise UsageError(
             f"--dataset_name {data_args.dataset_name!r} needs the hub, which is offline (HF_HUB_OFFLINE=1); "
             "pass --data_dir with --train_file/--predict_file in the SQuAD JSON layout"

@@ -79,15 +79,9 @@ def is_remote(source: str) -> bool:
     return "://" in source
 
 
-def hub_offline() -> bool:
-    """Whether the environment forbids network access to the hub (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)."""
-    return any(
-        os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
 def _refuse_remote_when_offline(remote: list[str], option: str, path: Path) -> None:
+    from minilmv2.hub import hub_offline
+
     if remote and hub_offline():
         raise UsageError(
             f"{option} {path} reads {remote[0]} from the network, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set; "

@@ -61,6 +61,24 @@ class UsageError(ValueError):
     """A bad value supplied by the user; the message names the value and what would be valid."""
 
 
+def one_line(err: BaseException | str) -> str:
+    """An error message (ours or a library's) as one line: its first non-empty line, whitespace collapsed.
+
+    Library messages (TrainingArguments, the hub, tokenizers) often run to several lines of advice; our policy
+    is one line per error. A bulleted list right after the first line (`- Save strategy: ...`, as
+    TrainingArguments writes the values it compares) is kept, joined on. An empty message gives the type's name.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    kept = [lines[0]]
+    for line in lines[1:]:
+        if not line.startswith(("- ", "* ")):
+            break
+        kept.append(line)
+    return re.sub(r"\s+", " ", " ".join(kept))
+
+
 def via_run_sh() -> bool:
     return os.environ.get("MINILMV2_VIA_RUN_SH") == "1"
 

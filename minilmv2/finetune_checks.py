@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from minilmv2.errors import UsageError
+from minilmv2.errors import UsageError, one_line
+from minilmv2.hub import hub_offline
 
 # Any of these holds a model's weights (single file or sharded index, safetensors or the older .bin).
 WEIGHT_FILES = (
@@ -29,13 +30,6 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
-
-
-def one_line(err: BaseException | str) -> str:
-    """The first non-empty line of an exception's message: errors from libraries we wrap into UsageError
-    (TrainingArguments, the hub) often run to several lines, and our policy is one line per error."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def parse_script_arguments(dataclass_types, argv: list[str] | None, renamed: dict[str, str] | None = None):
@@ -79,8 +73,6 @@ def check_model_dir(name_or_path: str, option: str = "--model_name_or_path", nee
     one), or its first component exists here (`runs/student` with a `runs/` folder): such a string is
     checked as a local directory, never sent to the hub.
     """
-    from huggingface_hub import constants
-
     path = Path(name_or_path)
     first_component = name_or_path.replace(os.sep, "/").split("/")[0]
     looks_like_path = (
@@ -90,7 +82,7 @@ def check_model_dir(name_or_path: str, option: str = "--model_name_or_path", nee
         or (first_component != name_or_path.replace(os.sep, "/") and Path(first_component).exists())
     )
     if not looks_like_path:
-        if constants.HF_HUB_OFFLINE:
+        if hub_offline():
             raise UsageError(
                 f"{option} {name_or_path!r} is not a local directory and the hub is offline "
                 "(HF_HUB_OFFLINE=1); pass a model directory holding config.json"

@@ -315,10 +315,10 @@ def load_glue_hub(spec: TaskSpec, splits: list[str], cache_dir: str | None = Non
 
 
 def check_hub_online(spec: TaskSpec) -> None:
-    """UsageError when a task would need the hub but HF_HUB_OFFLINE is set."""
-    from huggingface_hub import constants
+    """UsageError when a task would need the hub but it is offline (see minilmv2.hub.hub_offline)."""
+    from minilmv2.hub import hub_offline
 
-    if constants.HF_HUB_OFFLINE:
+    if hub_offline():
         raise UsageError(
             f"task {spec.name!r} has no local data and the hub is offline (HF_HUB_OFFLINE=1): "
             "pass --glue_dir DIR (GLUE TSV layout) or --train_file/--validation_file"

@@ -42,6 +42,19 @@ import torch
 QUERY, KEY, VALUE = 1, 2, 3
 KIND_NAMES = {QUERY: "Q", KEY: "K", VALUE: "V"}
 
+# The reference's default relations: Q-Q, K-K and V-V with weight 1 each (the command line's default too).
+DEFAULT_RELATIONS: dict[tuple[int, int], float] = {(QUERY, QUERY): 1.0, (KEY, KEY): 1.0, (VALUE, VALUE): 1.0}
+# MiniLM v1 in MiniLMv2 terms: attention distributions (Q-K) and value relation (V-V), one relation head per
+# attention head.
+V1_RELATIONS: dict[tuple[int, int], float] = {(QUERY, KEY): 1.0, (VALUE, VALUE): 1.0}
+
+
+def relations_literal(relations: Mapping[tuple[int, int], float]) -> str:
+    """{(1, 1): 1.0, (3, 3): 0.5} -> '{(1, 1): 1, (3, 3): 0.5}': the command line's --minilm_relations form."""
+    weights = (f"{float(w):g}" for w in relations.values())
+    return "{" + ", ".join(f"({i}, {j}): {w}" for (i, j), w in zip(relations, weights, strict=True)) + "}"
+
+
 # Elements of one (chunk, S, S) fp32 tensor. A chunk step holds about six of them at once. On a CPU, 1 MiB
 # tensors keep those passes in the L2/L3 caches (measured fastest from 2**18 to 2**20 on 2 cores); a GPU wants
 # few, large launches.

@@ -37,13 +37,12 @@ import ast
 import dataclasses
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from minilmv2.errors import UsageError, exit_on_usage_error, user_names
+from minilmv2.errors import UsageError, exit_on_usage_error, one_line, user_names
 
 GROUPS = ("data_params", "training_params", "model_params")
 VALIDATE_ONLY_FLAG = "--validate_only"
@@ -82,6 +81,8 @@ def data_parser() -> argparse.ArgumentParser:
 
 
 def model_parser() -> argparse.ArgumentParser:
+    from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
+
     parser = OneLineParser(prog="model_params", add_help=False, allow_abbrev=False)
     parser.add_argument("--input_model_dir", required=True, help="teacher: a folder with config.json and weights")
     parser.add_argument("--tokenizer_dir", help="tokenizer folder (default: --input_model_dir)")
@@ -91,10 +92,14 @@ def model_parser() -> argparse.ArgumentParser:
     parser.add_argument("--student_attention_heads", type=int, required=True)
     parser.add_argument("--student_intermediate_size", type=int, help="student FFN size (default 4 x hidden)")
     parser.add_argument("--L", type=int, required=True, help="teacher layer to distil (1-based)")
-    parser.add_argument("--num_relation_heads", type=int, required=True, help="A_r, dividing both hidden sizes")
+    parser.add_argument(
+        "--num_relation_heads",
+        type=int,
+        help="A_r, dividing both hidden sizes; required, except with --minilm_v1 (one per attention head)",
+    )
     parser.add_argument(
         "--minilm_relations",
-        default="{(1, 1): 1, (2, 2): 1, (3, 3): 1}",
+        default=relations_literal(DEFAULT_RELATIONS),
         help="{(i, j): weight} with 1=Query, 2=Key, 3=Value",
     )
     parser.add_argument(
@@ -160,14 +165,10 @@ def parse_training_args(argv: list[str]):
     except UsageError:
         raise
     except ValueError as err:  # TrainingArguments.__post_init__ refuses inconsistent values
-        raise UsageError(f"training_params: {_one_line(err)}") from None
+        raise UsageError(f"training_params: {one_line(err)}") from None
     if unknown:
         raise UsageError(f"training_params: {unknown} are not TrainingArguments options")
     return training_args, run_options
-
-
-def _one_line(err: BaseException) -> str:
-    return re.sub(r"\s+", " ", str(err)).strip()
 
 
 def parse_args(argv: list[str]):
@@ -179,13 +180,14 @@ def parse_args(argv: list[str]):
 
 
 def parse_relations(text: str) -> dict[tuple[int, int], float]:
-    from minilmv2.distiller import validate_relations
+    from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
+    from minilmv2.shapes import validate_relations
 
     try:
         relations = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise UsageError(
-            f'--minilm_relations "{text}" is not a literal like "{{(1, 1): 1, (2, 2): 1, (3, 3): 1}}"'
+            f'--minilm_relations "{text}" is not a literal like "{relations_literal(DEFAULT_RELATIONS)}"'
         ) from None
     try:
         relations = validate_relations(relations)
@@ -248,7 +250,7 @@ def load_teacher_config(model_dir: str):
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"--input_model_dir {model_dir}: config.json cannot be read ({_one_line(err)})") from None
+        raise UsageError(f"--input_model_dir {model_dir}: config.json cannot be read ({one_line(err)})") from None
     if config.model_type not in ENCODER_LAYOUTS:
         raise UsageError(
             f"--input_model_dir {model_dir} is a {config.model_type!r} model; supported teachers: "
@@ -287,7 +289,7 @@ def load_tokenizer(model_args, teacher_config):
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"{option} {directory}: the tokenizer cannot be loaded ({_one_line(err)})") from None
+        raise UsageError(f"{option} {directory}: the tokenizer cannot be loaded ({one_line(err)})") from None
     vocab = getattr(teacher_config, "vocab_size", None)
     if vocab and len(tokenizer) > vocab:
         raise UsageError(
@@ -427,35 +429,39 @@ def usable_positions(teacher_config) -> int | None:
     return max_positions
 
 
-def check_shapes(model_args, teacher_config, max_seq_len: int) -> None:
-    """Teacher layer, relation heads, student heads and sequence length, against the teacher's config."""
-    for name in ("student_hidden_size", "student_num_layers", "student_attention_heads", "num_relation_heads"):
-        check_positive(f"--{name}", getattr(model_args, name))
-    check_positive("--student_intermediate_size", model_args.student_intermediate_size)
-    teacher_layers, teacher_hidden = teacher_config.num_hidden_layers, teacher_config.hidden_size
-    if not 1 <= model_args.L <= teacher_layers:
-        raise UsageError(f"--L {model_args.L} is not a teacher layer; the teacher has layers 1..{teacher_layers}")
-    hidden, heads = model_args.student_hidden_size, model_args.student_attention_heads
-    if hidden % heads:
-        valid = [h for h in range(1, hidden + 1) if hidden % h == 0 and h <= 64]
-        raise UsageError(
-            f"--student_attention_heads {heads} does not divide --student_hidden_size {hidden}; valid: {valid}"
+def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -> None:
+    """Student shape, teacher layer, relation heads and relations (the distiller's own check, minilmv2.shapes,
+    on configs, its messages naming this command line's flags), then the sequence length."""
+    from minilmv2.shapes import ShapeNames, StudentShape, check_distillation_shapes
+
+    flag_names = ShapeNames(
+        L="--L",
+        A_r="--num_relation_heads",
+        hidden_size="--student_hidden_size",
+        num_layers="--student_num_layers",
+        num_attention_heads="--student_attention_heads",
+        intermediate_size="--student_intermediate_size",
+        minilm_v1="--minilm_v1",
+        separator=" ",
+    )
+    student = StudentShape(
+        model_args.student_hidden_size,
+        model_args.student_num_layers,
+        model_args.student_attention_heads,
+        model_args.student_intermediate_size,
+    )
+    try:
+        check_distillation_shapes(
+            teacher_config,
+            student,
+            L=model_args.L,
+            A_r=model_args.num_relation_heads,
+            relations=relations,
+            minilm_v1=model_args.minilm_v1,
+            names=flag_names,
         )
-    if model_args.minilm_v1:
-        if heads != teacher_config.num_attention_heads:
-            raise UsageError(
-                f"--minilm_v1 needs as many student attention heads as the teacher has "
-                f"({teacher_config.num_attention_heads}), got --student_attention_heads {heads}"
-            )
-    else:
-        relation_heads = model_args.num_relation_heads
-        for who, size in (("teacher hidden size", teacher_hidden), ("--student_hidden_size", hidden)):
-            if size % relation_heads:
-                common = [d for d in range(1, min(teacher_hidden, hidden) + 1) if teacher_hidden % d == hidden % d == 0]
-                raise UsageError(
-                    f"--num_relation_heads {relation_heads} does not divide the {who} {size}; values dividing both "
-                    f"hidden sizes: {[d for d in common if d <= 128]}"
-                )
+    except ValueError as err:
+        raise UsageError(one_line(err)) from None
     max_positions = usable_positions(teacher_config)
     if max_seq_len < 3 or (max_positions and max_seq_len > max_positions):
         raise UsageError(f"--max_seq_len {max_seq_len} must be in 3..{max_positions} (the teacher's positions)")
@@ -579,9 +585,9 @@ def make_plan(argv: list[str]) -> Plan:
     check_training_values(training_args)
     teacher_config = load_teacher_config(model_args.input_model_dir)
     check_tokenizer_dir(model_args)
-    check_shapes(model_args, teacher_config, data_args.max_seq_len)
-    check_relation_kernel(model_args.relation_kernel, training_args)
     relations = parse_relations(model_args.minilm_relations)
+    check_shapes(model_args, teacher_config, data_args.max_seq_len, relations)
+    check_relation_kernel(model_args.relation_kernel, training_args)
     if training_args.load_best_model_at_end:
         if val_config is None:
             raise UsageError("--load_best_model_at_end needs held-out text to rank checkpoints: pass --val_config")
@@ -745,7 +751,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
                 kernel=model_args.relation_kernel,
             )
     except ValueError as err:
-        raise UsageError(_one_line(err)) from None
+        raise UsageError(one_line(err)) from None
     if args.bf16:
         distiller.cast_teacher(torch.bfloat16)
     elif args.fp16:

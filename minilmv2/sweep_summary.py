@@ -365,12 +365,13 @@ def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: st
     (read and checked for their layout and version) or, with SQUAD_DIR unset, the hub.
     Checking once here turns a missing file into one line, not a sweep of failed runs.
     """
-    from huggingface_hub import constants
+    from minilmv2.hub import hub_offline
 
+    offline = hub_offline()
     try:
         for name in tasks:
             if name in SQUAD_TASKS:
-                check_squad_task(name, squad_dir, constants.HF_HUB_OFFLINE)
+                check_squad_task(name, squad_dir, offline)
                 continue
             try:
                 spec = glue.get_task(name)
@@ -380,7 +381,7 @@ def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: st
                 glue.offline_task_paths(spec, offline_data_dir or glue.default_offline_data_dir())
             elif glue_dir:
                 glue.glue_tsv_paths(spec, glue_dir, ["train", *spec.eval_splits])
-            elif constants.HF_HUB_OFFLINE:
+            elif offline:
                 raise UsageError(
                     f"task {spec.name!r} needs GLUE data, but GLUE_DIR is not set and HF_HUB_OFFLINE is on "
                     "(or TRANSFORMERS_OFFLINE); set GLUE_DIR to the GLUE TSV root (SST-2/, MRPC/, ...) or unset "

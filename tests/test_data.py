@@ -11,6 +11,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import datasets.config
+import huggingface_hub.constants
 import pandas
 import pytest
 import torch
@@ -90,9 +92,14 @@ def test_bad_configs_are_refused_with_the_value_named(tmp_path, content, message
     assert "--train_config" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def go_online(monkeypatch) -> None:
+    """The hub's and datasets' offline switches off, as the libraries read them at import (minilmv2.hub)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+
+
 def test_hub_dataset_config_is_split_by_node_not_by_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    go_online(monkeypatch)
     path = tmp_path / "hub.json"
     path.write_text(json.dumps({"hub": "wikimedia/wikipedia", "name": "20231101.en", "columns": "title,text"}))
     config = load_corpus_config(path)
@@ -104,14 +111,15 @@ def test_hub_dataset_config_is_split_by_node_not_by_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "content", [{"hub": "wikimedia/wikipedia"}, {"urls": ["https://example.org/shard-0.txt"], "format": "text"}]
 )
-@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
-def test_network_corpus_is_refused_at_start_up_when_offline_is_set(tmp_path, monkeypatch, content, variable):
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.mark.parametrize(
+    "switch", [(huggingface_hub.constants, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE")]
+)
+def test_network_corpus_is_refused_at_start_up_when_offline_is_set(tmp_path, monkeypatch, content, switch):
+    go_online(monkeypatch)
     path = tmp_path / "remote.json"
     path.write_text(json.dumps(content))
     load_corpus_config(path)  # online: accepted (read when the stream starts)
-    monkeypatch.setenv(variable, "1")
+    monkeypatch.setattr(*switch, True)  # HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) / HF_DATASETS_OFFLINE set
     with pytest.raises(UsageError, match="from the network, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set") as caught:
         load_corpus_config(path)
     assert "\n" not in str(caught.value)

@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import datasets.config
 import numpy as np
 import pytest
 import torch
@@ -383,6 +384,7 @@ def test_local_looking_model_path_is_never_sent_to_the_hub(tiny_model, tmp_path,
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     out = tmp_path / "out"
@@ -402,6 +404,7 @@ def test_hub_lookup_errors_are_one_line(tiny_model, tmp_path, capsys, monkeypatc
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
 
     def no_network(name, *args, **kwargs):
         raise OSError(

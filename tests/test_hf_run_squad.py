@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import datasets.config
 import pytest
 from fixtures.squad.tiny_models import SQUAD_FIXTURES, write_tiny_roberta, write_tiny_squad_bert
 
@@ -266,6 +267,7 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(tmp_path, c
         expect_usage_error(capsys, argv, *fragments)
         assert not out.exists(), fragments
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     online = ["--model_name_or_path", str(model), "--dataset_name", "squad", "--version_2_with_negative"]
     expect_usage_error(capsys, online + ["--do_eval", "--output_dir", str(out)], "is SQuAD v1.1; drop")
 

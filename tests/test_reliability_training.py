@@ -139,8 +139,8 @@ BAD_INPUTS = {
     "relation heads not dividing the teacher hidden size": (
         lambda a, t: edit(edit(a, "--num_relation_heads", "48"), "--student_hidden_size", "48"),
         "--num_relation_heads 48 does not divide the teacher hidden size 64"),
-    "teacher layer 0": (lambda a, t: edit(a, "--L", "0"), "--L 0 is not a teacher layer; the teacher has layers 1..2"),
-    "teacher layer beyond the teacher": (lambda a, t: edit(a, "--L", "3"), "--L 3 is not a teacher layer"),
+    "teacher layer 0": (lambda a, t: edit(a, "--L", "0"), "--L must be an integer in 1..2, got 0"),
+    "teacher layer beyond the teacher": (lambda a, t: edit(a, "--L", "3"), "--L must be an integer in 1..2, got 3"),
     "student heads not dividing the student hidden size": (
         lambda a, t: edit(a, "--student_attention_heads", "3"), "--student_attention_heads 3 does not divide"),
     "student without layers": (lambda a, t: edit(a, "--student_num_layers", "0"), "--student_num_layers must be"),
@@ -170,7 +170,13 @@ BAD_INPUTS = {
     "relations that are not a literal": (
         lambda a, t: a + ["--minilm_relations", "{(1, 1): one}"], "is not a literal like"),
     "negative relation weight": (lambda a, t: a + ["--minilm_relations", "{(1, 1): -1}"], "non-negative"),
-    "v1 with a different head count": (lambda a, t: a + ["--minilm_v1"], "--minilm_v1 needs as many student"),
+    "v1 with a different head count": (
+        lambda a, t: a + ["--minilm_v1"], "--minilm_v1 needs equal attention head counts, got teacher 4 and student 2"),
+    "v1 with relation heads other than one per attention head": (
+        lambda a, t: edit(edit(a, "--student_attention_heads", "4"), "--num_relation_heads", "8") + ["--minilm_v1"],
+        "--num_relation_heads 8 does not apply with --minilm_v1, which uses one relation head per attention head (4)"),
+    "no relation heads (v2)": (
+        lambda a, t: edit(a, "--num_relation_heads", None), "--num_relation_heads is required: the number of relation"),
     "sequence longer than the teacher's positions": (
         lambda a, t: edit(a, "--max_seq_len", "4096"), "--max_seq_len 4096 must be in 3..128"),
     "no --max_steps for a stream": (lambda a, t: edit(a, "--max_steps", None), "--max_steps must be a positive"),
@@ -228,6 +234,15 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(setup, tmp_
     assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
     assert expected in stderr, stderr
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == existed_before  # nothing written
+
+
+def test_minilm_v1_uses_one_relation_head_per_attention_head(setup, tmp_path, capsys):
+    """--num_relation_heads with --minilm_v1 is used (it must equal the head count), never silently dropped."""
+    argv = edit(distill_argv(setup["teacher"], setup["train"], tmp_path / "out"), "--student_attention_heads", "4")
+    for v1_argv in (edit(argv, "--num_relation_heads", None), edit(argv, "--num_relation_heads", "4")):
+        status, stdout, stderr = run_main([*v1_argv, "--minilm_v1", "--validate_only"], capsys)
+        assert (status, stderr) == (0, "") and "arguments OK" in stdout
+    assert not (tmp_path / "out").exists()
 
 
 def test_overwrite_output_dir_replaces_a_finished_run(setup, tmp_path, capsys):

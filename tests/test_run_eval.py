@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets.config
 import pytest
 from fixtures.glue.offline_raw import write_bbc_folders
 from fixtures.glue.tiny_bert import write_tiny_bert
@@ -180,6 +181,7 @@ def test_sweep_data_check_names_what_is_missing(tmp_path, monkeypatch):
         assert "\n" not in message and "--glue_dir" not in message and "--offline_data_dir" not in message
         assert all(fragment in message for fragment in fragments), (fragments, message)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     check_sweep_tasks(["rte", "sst2"], "", "")  # online: GLUE from the hub, nothing to check locally
 
 

@@ -138,7 +138,9 @@ def test_a_bad_jsonl_line_is_refused_with_its_line_number(tiny_model, tmp_path, 
 
 
 def test_the_hub_dataset_is_refused_offline(tiny_model, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)  # as datasets reads HF_DATASETS_OFFLINE=1
     args = [arg for arg in base_args(tiny_model, tmp_path / "out", "--do_eval") if arg not in (str(TRAIN), str(DEV))]
     args = [arg for arg in args if arg not in ("--train_file", "--validation_file")]
     with pytest.raises(SystemExit):
