@@ -1,6 +1,10 @@
 """Distil a teacher into a small student with MiniLMv2 on a streamed corpus, and save the student.
 
-The reference's grouped command line, groups in any order (`bash run.sh` wraps it with the paper's recipe):
+Arguments as in Hugging Face's examples: three dataclasses (DataArguments, ModelArguments below, and
+transformers' TrainingArguments) parsed by `HfArgumentParser`, from the command line or from one .json file
+holding them all (`python -m minilmv2.run_distillation args.json`); `--help` lists every option with its
+default. The reference's group words (data_params, training_params, model_params) may still separate them,
+in any order, so its command lines and `bash run.sh` (which wraps this with the paper's recipe) run unchanged:
 
     python -m minilmv2.run_distillation \\
         data_params --train_config train_config.json [--val_config val.json] [--max_seq_len 512] [--no_packing] \\
@@ -43,7 +47,9 @@ import time
 from pathlib import Path
 
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line, user_names
+from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
 
+# The reference's group words: optional separators now, dropped before parsing (run.sh still writes them).
 GROUPS = ("data_params", "training_params", "model_params")
 VALIDATE_ONLY_FLAG = "--validate_only"
 LATEST = ("latest", "last", "true", "True")
@@ -59,60 +65,61 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.b
 PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "mpnet")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad option is a UsageError (one line, exit 2) naming the group it belongs to."""
+@dataclasses.dataclass
+class DataArguments:
+    """The corpus (data_params in the reference's command line)."""
 
-    def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def data_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="data_params", add_help=False, allow_abbrev=False)
-    parser.add_argument("--train_config", required=True, help='JSON: {"urls": [...], "format": ..., "columns": ...}')
-    parser.add_argument("--val_config", help="the same for held-out text: its distillation loss at eval steps")
-    parser.add_argument("--max_seq_len", type=int, default=512, help="tokens per sequence")
-    parser.add_argument(
-        "--no_packing",
-        action="store_true",
-        help="one line per sequence, truncated, padded per batch (the reference) instead of packed documents",
+    train_config: str = dataclasses.field(
+        metadata={"help": 'corpus config, JSON: {"urls": [...], "format": ..., "columns": ...} (or {"hub": ...})'}
     )
-    parser.add_argument("--shuffle_buffer", type=int, default=1000, help="sequences in the seeded shuffle buffer")
-    return parser
-
-
-def model_parser() -> argparse.ArgumentParser:
-    from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
-
-    parser = OneLineParser(prog="model_params", add_help=False, allow_abbrev=False)
-    parser.add_argument("--input_model_dir", required=True, help="teacher: a folder with config.json and weights")
-    parser.add_argument("--tokenizer_dir", help="tokenizer folder (default: --input_model_dir)")
-    parser.add_argument("--checkpoint_dir", help="a checkpoint to resume from (same as --resume_from_checkpoint)")
-    parser.add_argument("--student_hidden_size", type=int, required=True)
-    parser.add_argument("--student_num_layers", type=int, required=True)
-    parser.add_argument("--student_attention_heads", type=int, required=True)
-    parser.add_argument("--student_intermediate_size", type=int, help="student FFN size (default 4 x hidden)")
-    parser.add_argument("--L", type=int, required=True, help="teacher layer to distil (1-based)")
-    parser.add_argument(
-        "--num_relation_heads",
-        type=int,
-        help="A_r, dividing both hidden sizes; required, except with --minilm_v1 (one per attention head)",
+    val_config: str | None = dataclasses.field(
+        default=None, metadata={"help": "the same for held-out text: its distillation loss at eval steps"}
     )
-    parser.add_argument(
-        "--minilm_relations",
+    max_seq_len: int = dataclasses.field(default=512, metadata={"help": "tokens per sequence"})
+    no_packing: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "one line per sequence, truncated, padded per batch (the reference) instead of packing"},
+    )
+    shuffle_buffer: int = dataclasses.field(default=1000, metadata={"help": "sequences in the seeded shuffle buffer"})
+
+
+@dataclasses.dataclass
+class ModelArguments:
+    """Teacher, student shape and relations (model_params in the reference's command line)."""
+
+    input_model_dir: str = dataclasses.field(metadata={"help": "teacher: a folder with config.json and weights"})
+    student_hidden_size: int = dataclasses.field(metadata={"help": "student hidden size"})
+    student_num_layers: int = dataclasses.field(metadata={"help": "student layers"})
+    student_attention_heads: int = dataclasses.field(metadata={"help": "student attention heads"})
+    L: int = dataclasses.field(metadata={"help": "teacher layer to distil (1-based)"})
+    num_relation_heads: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "A_r, dividing both hidden sizes; required, except with --minilm_v1 (one per attention head)"
+        },
+    )
+    minilm_relations: str = dataclasses.field(
         default=relations_literal(DEFAULT_RELATIONS),
-        help="{(i, j): weight} with 1=Query, 2=Key, 3=Value",
+        metadata={"help": "{(i, j): weight} with 1=Query, 2=Key, 3=Value"},
     )
-    parser.add_argument(
-        "--relation_kernel",
+    student_intermediate_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "student FFN size (default 4 x hidden)"}
+    )
+    tokenizer_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "tokenizer folder (default: --input_model_dir)"}
+    )
+    checkpoint_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "a checkpoint to resume from (same as --resume_from_checkpoint)"}
+    )
+    relation_kernel: str = dataclasses.field(
         default="auto",
-        help="relation-loss implementation: auto (Triton on CUDA when installed, else torch), torch, compile, triton",
+        metadata={"help": "relation-loss implementation: auto (Triton on CUDA when installed, else torch), torch, "
+                          "compile, triton"},
+    )  # fmt: skip
+    minilm_v1: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "MiniLM v1: Q-K attention + V-V relations, one relation head per attention head"},
     )
-    parser.add_argument(
-        "--minilm_v1",
-        action="store_true",
-        help="MiniLM v1: Q-K attention + V-V relations, one relation head per attention head",
-    )
-    return parser
 
 
 @dataclasses.dataclass
@@ -124,63 +131,40 @@ class RunOptions:
     )
 
 
-def split_groups(argv: list[str]) -> dict[str, list[str]]:
-    """{group: its arguments} for the grouped command line; a leading `--` (the reference's run.sh) is ignored."""
-    positions = sorted((argv.index(group), group) for group in GROUPS if group in argv)
-    found = {group for _, group in positions}
-    missing = [group for group in GROUPS if group not in found]
-    if missing:
-        raise UsageError(
-            f"missing argument group(s) {', '.join(missing)}; usage: python -m minilmv2.run_distillation "
-            "data_params --train_config F training_params --output_dir D ... model_params --input_model_dir D ..."
-        )
-    leading = [arg for arg in argv[: positions[0][0]] if arg != "--"]
-    if leading:
-        raise UsageError(f"arguments {leading} come before any group; put them after data_params, ...")
-    for group in GROUPS:
-        if argv.count(group) > 1:
-            raise UsageError(f"argument group {group} is given twice")
-    bounds = [position for position, _ in positions] + [len(argv)]
-    return {group: argv[bounds[i] + 1 : bounds[i + 1]] for i, (_, group) in enumerate(positions)}
-
-
-def parse_training_args(argv: list[str]):
-    import torch
-    from transformers import HfArgumentParser, TrainingArguments
-
-    # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
-    parser = HfArgumentParser((TrainingArguments, RunOptions), allow_abbrev=False)
-
-    def refuse(message: str):
-        raise UsageError(f"training_params: {message}")
-
-    parser.error = refuse  # one line, not argparse's usage block
-    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
-    if not accelerator and "--use_cpu" not in argv:
-        # On a CPU-only machine transformers 5 wants use_cpu for --bf16 and, without it, sets up no DDP (each
-        # torchrun process would train alone). It must be known at parse time: __post_init__ sets up devices.
-        argv = [*argv, "--use_cpu", "true"]
-    try:
-        training_args, run_options, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    except UsageError:
-        raise
-    except ValueError as err:  # TrainingArguments.__post_init__ refuses inconsistent values
-        raise UsageError(f"training_params: {one_line(err)}") from None
-    if unknown:
-        raise UsageError(f"training_params: {unknown} are not TrainingArguments options")
-    return training_args, run_options
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, then every option with its default."""
 
 
 def parse_args(argv: list[str]):
-    groups = split_groups(argv)
-    data_args = data_parser().parse_args(groups["data_params"])
-    model_args = model_parser().parse_args(groups["model_params"])
-    training_args, run_options = parse_training_args(groups["training_params"])
-    return data_args, model_args, training_args, run_options
+    """(DataArguments, ModelArguments, TrainingArguments, RunOptions) from a command line or one .json file.
+
+    The reference's group words (data_params, training_params, model_params, in any order) and run.sh's leading
+    `--` are separators only: they are dropped, and the options parsed as one list.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    from minilmv2.finetune_checks import parse_script_arguments
+
+    argv = [arg for arg in argv if arg not in GROUPS and arg != "--"]
+    unless_given = {}
+    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        # On a CPU-only machine transformers 5 wants use_cpu for --bf16 and, without it, sets up no DDP (each
+        # torchrun process would train alone). It must be known at parse time: __post_init__ sets up devices.
+        unless_given["use_cpu"] = True
+    return parse_script_arguments(
+        (DataArguments, ModelArguments, TrainingArguments, RunOptions),
+        argv,
+        unless_given=unless_given,
+        # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
+        allow_abbrev=False,
+        prog="python -m minilmv2.run_distillation",
+        description=__doc__,
+        formatter_class=_HelpFormatter,
+    )
 
 
 def parse_relations(text: str) -> dict[tuple[int, int], float]:
-    from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
     from minilmv2.shapes import validate_relations
 
     try:
@@ -543,8 +527,8 @@ def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path |
 class Plan:
     """Everything main() needs, checked."""
 
-    data_args: argparse.Namespace
-    model_args: argparse.Namespace
+    data_args: DataArguments
+    model_args: ModelArguments
     training_args: object
     run_options: RunOptions
     train_config: object
@@ -875,9 +859,11 @@ def summarise_run(plan: Plan, distiller, trainer, tokens_seen: int):
 
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv in (["-h"], ["--help"]):
-        print(__doc__)
-        return 0
+    if "-h" in argv or "--help" in argv:
+        try:
+            parse_args(argv)  # prints this docstring and every option with its default
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
     validate_only = VALIDATE_ONLY_FLAG in argv
     argv = [arg for arg in argv if arg != VALIDATE_ONLY_FLAG]
     plan = make_plan(argv)

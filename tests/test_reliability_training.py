@@ -182,10 +182,11 @@ BAD_INPUTS = {
     "no --max_steps for a stream": (lambda a, t: edit(a, "--max_steps", None), "--max_steps must be a positive"),
     "training option with a bad value": (
         lambda a, t: edit(a, "--max_steps", "many"),
-        "error: training_params: argument --max_steps/--max-steps: invalid int value: 'many'"),
-    "unknown training option": (unknown_training_option, "['--learning_rat', '1'] are not TrainingArguments options"),
-    "misspelt model option": (lambda a, t: a + ["--student_layers", "2"], "unrecognized arguments: --student_layers"),
-    "missing argument group": (lambda a, t: a[a.index("training_params"):], "missing argument group(s) data_params"),
+        "error: argument --max_steps/--max-steps: invalid int value: 'many'"),
+    "unknown training option": (unknown_training_option, "unknown argument(s) --learning_rat 1; see --help"),
+    "misspelt model option": (lambda a, t: a + ["--student_layers", "2"], "unknown argument(s) --student_layers 2"),
+    "missing corpus (no data_params)": (
+        lambda a, t: a[a.index("training_params"):], "the following arguments are required: --train_config"),
     "resume from a checkpoint that does not exist": (
         lambda a, t: a + ["--checkpoint_dir", str(t / "no-checkpoint")], "no-checkpoint does not exist"),
     "output directory holding a finished run": (
@@ -492,11 +493,11 @@ def test_an_error_on_a_non_zero_rank_is_printed_by_that_rank(setup, tmp_path, ca
 def test_roberta_teachers_reserve_the_padding_offset_of_their_positions():
     from transformers import RobertaConfig
 
-    from minilmv2.run_distillation import check_shapes, model_parser, split_groups
+    from minilmv2.run_distillation import check_shapes, parse_args
 
     teacher = RobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=514)
     argv = distill_argv(Path("teacher"), Path("train.json"), Path("out"))
-    model_args = model_parser().parse_args(split_groups(argv)["model_params"])
+    model_args = parse_args(argv)[1]
     check_shapes(model_args, teacher, 512)
     with pytest.raises(UsageError, match=r"--max_seq_len 513 must be in 3\.\.512"):
         check_shapes(model_args, teacher, 513)

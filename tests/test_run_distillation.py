@@ -19,7 +19,7 @@ from fixtures.distill.tiny_teacher import (
 )
 from safetensors.torch import load_file
 
-from minilmv2.run_distillation import main, split_groups
+from minilmv2.run_distillation import GROUPS, DataArguments, ModelArguments, RunOptions, main, parse_args
 from minilmv2.training import COMPLETE_MARKER, parameters_sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +54,9 @@ def test_grouped_command_line_end_to_end(setup, tmp_path, capsys):
         model=("--student_intermediate_size", "96"),
         max_steps=6,
     )
-    groups = split_groups(argv)
+    data, training, model = (argv.index(group) for group in ("data_params", "training_params", "model_params"))
     # Groups in another order, behind the reference run.sh's leading "--".
-    reordered = ["--", "model_params", *groups["model_params"], "training_params", *groups["training_params"]]
-    reordered += ["data_params", *groups["data_params"]]
+    reordered = ["--", *argv[model:], *argv[training:model], *argv[data:training]]
     assert main(reordered) == 0
     printed = capsys.readouterr().out
 
@@ -149,6 +148,50 @@ def test_reference_run_sh_argument_set_is_accepted(corpus_dir, tmp_path, capsys,
     assert main([*reference.split(), "--validate_only"]) == 0
     assert capsys.readouterr().out.strip() == "arguments OK"
     assert not (tmp_path / "out").exists()
+
+
+def test_group_words_are_optional_and_one_json_file_works(setup, tmp_path, capsys):
+    """As run_glue: the options alone, or one .json file, parse to the same arguments as the grouped line."""
+    out = tmp_path / "out"
+    argv = distill_argv(setup["teacher"], setup["train"], out)
+    values = {
+        "train_config": str(setup["train"]), "max_seq_len": 32, "shuffle_buffer": 16, "output_dir": str(out),
+        "max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1,
+        "report_to": "none", "disable_tqdm": True, "save_steps": 1000, "input_model_dir": str(setup["teacher"]),
+        "student_hidden_size": 32, "student_num_layers": 2, "student_attention_heads": 2, "L": 2,
+        "num_relation_heads": 4,
+    }  # fmt: skip
+    json_file = tmp_path / "args.json"
+    json_file.write_text(json.dumps(values))
+    grouped = parse_args(argv)
+    for other in (parse_args([arg for arg in argv if arg not in GROUPS]), parse_args([str(json_file)])):
+        assert other[0] == grouped[0] and other[1] == grouped[1] and other[3] == grouped[3]
+        assert other[2].to_dict() == grouped[2].to_dict()
+    assert grouped[1].num_relation_heads == 4 and grouped[0].max_seq_len == 32
+    assert main([str(json_file), "--validate_only"]) == 0
+    assert capsys.readouterr().out.strip() == "arguments OK" and not out.exists()
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    from transformers import TrainingArguments
+
+    assert main(["--help"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for dataclass in (DataArguments, ModelArguments, TrainingArguments, RunOptions):
+        for field in dataclasses_fields(dataclass):
+            assert f"--{field} " in printed, field
+    assert (
+        "--minilm-relations MINILM_RELATIONS {(i, j): weight} with 1=Query, 2=Key, 3=Value (default: {(1, 1): 1, "
+        "(2, 2): 1, (3, 3): 1})" in printed
+    )
+    assert "--max-seq-len MAX_SEQ_LEN tokens per sequence (default: 512)" in printed
+    assert "data_params" in printed  # the docstring's usage comes first
+
+
+def dataclasses_fields(dataclass) -> list[str]:
+    import dataclasses
+
+    return [field.name for field in dataclasses.fields(dataclass) if field.init and not field.name.startswith("_")]
 
 
 def run_script(env_overrides: dict, cwd: Path) -> subprocess.CompletedProcess:
