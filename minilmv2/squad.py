@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minilmv2.errors import UsageError
+from minilmv2.errors import UsageError, one_line
 
 HUB_NAMES = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
 
@@ -53,7 +53,7 @@ def read_squad_json(path: str | Path, option: str) -> SquadFile:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{option} {str(path)!r} is not valid JSON ({str(err).splitlines()[0]})") from None
+        raise UsageError(f"{option} {str(path)!r} is not valid JSON ({one_line(err)})") from None
     layout = 'the SQuAD layout {"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}'
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise UsageError(f"{option} {str(path)!r} has no top-level 'data' list; expected {layout}")
