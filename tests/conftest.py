@@ -11,8 +11,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from minilmv2.assets import default_dest
+
+# Triton decides at import whether its own library functions (tl.zeros, ...) are compiled or interpreted, and
+# torch.compile imports triton when it is installed: without a GPU, the interpreter must be on before any test
+# imports it, or the kernel tests fail when they run after a torch.compile test. It matters to nothing else here
+# (relations.resolve_kernel still picks the PyTorch path on CPU for "auto").
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
