@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,14 +9,9 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from minilmv2.architectures import encoder_layers, qkv_states, qkv_width
-from minilmv2.relations import KEY, KIND_NAMES, QUERY, VALUE, check_kernel, relation_loss
-
-# The reference's default: Q-Q, K-K and V-V relations with weight 1 each.
-DEFAULT_RELATIONS: dict[tuple[int, int], float] = {(QUERY, QUERY): 1.0, (KEY, KEY): 1.0, (VALUE, VALUE): 1.0}
-# MiniLM v1 in MiniLMv2 terms: attention distributions (Q-K) and value relation (V-V), one relation head per
-# attention head.
-V1_RELATIONS: dict[tuple[int, int], float] = {(QUERY, KEY): 1.0, (VALUE, VALUE): 1.0}
+from minilmv2.architectures import qkv_states
+from minilmv2.relations import DEFAULT_RELATIONS, V1_RELATIONS, check_kernel, relation_loss
+from minilmv2.shapes import check_distillation_shapes, validate_relations  # noqa: F401 (validate_relations: API)
 
 
 @dataclass
@@ -25,28 +19,6 @@ class MiniLMOutput(ModelOutput):
     """`loss`: formula (8), fp32 scalar. `out[0]` and `out["loss"]` are the same tensor."""
 
     loss: torch.Tensor | None = None
-
-
-def validate_relations(relations: object) -> dict[tuple[int, int], float]:
-    """Normalise `relations` to {(i, j): float}; ValueError naming the bad entry otherwise."""
-    if not isinstance(relations, Mapping):
-        raise ValueError(
-            f"relations must be a mapping like {{(1, 1): 1, (2, 2): 1, (3, 3): 1}}, got {type(relations).__name__}"
-        )
-    if not relations:
-        raise ValueError("relations is empty; give at least one pair, e.g. {(1, 1): 1, (2, 2): 1, (3, 3): 1}")
-    normalised = {}
-    for pair, weight in relations.items():
-        if (
-            not isinstance(pair, tuple)
-            or len(pair) != 2
-            or not all(isinstance(kind, int) and kind in KIND_NAMES for kind in pair)
-        ):
-            raise ValueError(f"relation pair {pair!r} is invalid; use pairs of 1=Q, 2=K, 3=V such as (1, 1)")
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not weight >= 0:
-            raise ValueError(f"relation weight {weight!r} of pair {pair} must be a non-negative number")
-        normalised[pair] = float(weight)
-    return normalised
 
 
 class MiniLM(nn.Module):
@@ -75,34 +47,11 @@ class MiniLM(nn.Module):
         kernel: str = "auto",
     ):
         super().__init__()
-        self.relations = validate_relations(DEFAULT_RELATIONS if relations is None else relations)
-        teacher_layers, student_layers = len(encoder_layers(teacher)), len(encoder_layers(student))
-        L = teacher_layers if L is None else L
-        M = student_layers if M is None else M
-        for name, value, upper in (
-            ("L (teacher layer)", L, teacher_layers),
-            ("M (student layer)", M, student_layers),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
-                raise ValueError(f"{name} must be an integer in 1..{upper}, got {value!r}")
-        if isinstance(A_r, bool) or not isinstance(A_r, int) or A_r < 1:
-            raise ValueError(f"A_r (relation heads) must be a positive integer, got {A_r!r}")
-        for who, model in (("teacher", teacher), ("student", student)):
-            hidden = qkv_width(model, L if who == "teacher" else M)
-            if hidden % A_r:
-                divisors = [d for d in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64) if hidden % d == 0]
-                raise ValueError(
-                    f"A_r (relation heads) = {A_r} does not divide the {who} hidden size {hidden}; "
-                    f"valid choices include {divisors}"
-                )
-        student_heads = student.config.num_attention_heads
-        if student.config.hidden_size % student_heads:
-            raise ValueError(
-                f"student attention heads ({student_heads}) must divide the student hidden size "
-                f"({student.config.hidden_size})"
-            )
+        # The command line runs the same check on configs before any weights load (minilmv2.shapes).
+        shapes = check_distillation_shapes(teacher.config, student.config, L=L, M=M, A_r=A_r, relations=relations)
+        self.relations = shapes.relations
         self.teacher, self.student = teacher, student
-        self.L, self.M, self.A_r = L, M, A_r
+        self.L, self.M, self.A_r = shapes.L, shapes.M, shapes.A_r
         self.chunk_elements = chunk_elements
         self.kernel = check_kernel(kernel)  # relation-loss implementation, see minilmv2.relations.KERNELS
         self.kinds = {kind for pair in self.relations for kind in pair}
@@ -113,14 +62,15 @@ class MiniLM(nn.Module):
 
     @classmethod
     def v1(cls, teacher: nn.Module, student: nn.Module, L: int | None = None, M: int | None = None, **kwargs):
-        """MiniLM v1 preset: relations {(Q, K), (V, V)} with one relation head per attention head."""
-        teacher_heads, student_heads = teacher.config.num_attention_heads, student.config.num_attention_heads
-        if teacher_heads != student_heads:
-            raise ValueError(
-                f"MiniLM v1 needs equal attention head counts, got teacher {teacher_heads} and student "
-                f"{student_heads}; use the v2 relations (any A_r dividing both hidden sizes) instead"
-            )
-        return cls(teacher, student, L=L, M=M, relations=V1_RELATIONS, A_r=student_heads, **kwargs)
+        """MiniLM v1 preset: relations {(Q, K), (V, V)} with one relation head per attention head.
+
+        Equal teacher and student head counts are required; an `A_r` given must be that count (it is used, never
+        silently replaced).
+        """
+        shapes = check_distillation_shapes(
+            teacher.config, student.config, L=L, M=M, A_r=kwargs.pop("A_r", None), minilm_v1=True
+        )
+        return cls(teacher, student, L=shapes.L, M=shapes.M, relations=shapes.relations, A_r=shapes.A_r, **kwargs)
 
     def _freeze_unreached_student_parameters(self) -> None:
         """Freeze the trainable student parameters that layer M's captured Q/K/V (all the loss reads) do not depend on.

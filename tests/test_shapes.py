@@ -124,3 +124,17 @@ def test_deberta_head_size_sets_the_width_relation_heads_must_divide():
     assert check_distillation_shapes(teacher, StudentShape(32, 2, 2), A_r=16).A_r == 16
     with pytest.raises(ValueError, match="= 12 does not divide the teacher hidden size 64"):
         check_distillation_shapes(teacher, StudentShape(48, 2, 2), A_r=12)
+
+
+def test_minilm_runs_the_same_check():
+    from minilmv2 import MiniLM, build_student
+
+    torch.manual_seed(0)
+    teacher = AutoModel.from_config(CONFIGS["bert"]())
+    student = build_student(student_config_from_teacher(teacher.config, 24, 2, 4))
+    with pytest.raises(ValueError, match=r"A_r \(relation heads\) = 5 does not divide the teacher hidden size 48"):
+        MiniLM(teacher, student, A_r=5)
+    with pytest.raises(ValueError, match=r"A_r \(relation heads\) = 8 does not apply with MiniLM v1"):
+        MiniLM.v1(teacher, student, A_r=8)
+    distiller = MiniLM.v1(teacher, student, A_r=4)
+    assert (distiller.L, distiller.M, distiller.A_r, distiller.relations) == (3, 2, 4, V1_RELATIONS)
