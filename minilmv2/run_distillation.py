@@ -570,6 +570,12 @@ def make_plan(argv: list[str]) -> Plan:
     teacher_config = load_teacher_config(model_args.input_model_dir)
     check_tokenizer_dir(model_args)
     relations = parse_relations(model_args.minilm_relations)
+    if model_args.minilm_v1 and relations != DEFAULT_RELATIONS:
+        # run.sh always passes the default, so only relations the user changed can be told from it.
+        raise UsageError(
+            f"--minilm_relations {model_args.minilm_relations!r} does not apply with --minilm_v1, whose relations "
+            "are Q-K and V-V; drop one of the two"
+        )
     check_shapes(model_args, teacher_config, data_args.max_seq_len, relations)
     check_relation_kernel(model_args.relation_kernel, training_args)
     if training_args.load_best_model_at_end:

@@ -175,6 +175,9 @@ BAD_INPUTS = {
     "v1 with relation heads other than one per attention head": (
         lambda a, t: edit(edit(a, "--student_attention_heads", "4"), "--num_relation_heads", "8") + ["--minilm_v1"],
         "--num_relation_heads 8 does not apply with --minilm_v1, which uses one relation head per attention head (4)"),
+    "v1 with relations of its own": (
+        lambda a, t: edit(a, "--student_attention_heads", "4") + ["--minilm_v1", "--minilm_relations", "{(1, 1): 1}"],
+        "--minilm_relations '{(1, 1): 1}' does not apply with --minilm_v1, whose relations are Q-K and V-V"),
     "no relation heads (v2)": (
         lambda a, t: edit(a, "--num_relation_heads", None), "--num_relation_heads is required: the number of relation"),
     "sequence longer than the teacher's positions": (
