@@ -413,12 +413,11 @@ def usable_positions(teacher_config) -> int | None:
     return max_positions
 
 
-def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -> None:
-    """Student shape, teacher layer, relation heads and relations (the distiller's own check, minilmv2.shapes,
-    on configs, its messages naming this command line's flags), then the sequence length."""
-    from minilmv2.shapes import ShapeNames, StudentShape, check_distillation_shapes
+def shape_flag_names():
+    """The distiller's shape check names its values by this command line's flags (minilmv2.shapes.ShapeNames)."""
+    from minilmv2.shapes import ShapeNames
 
-    flag_names = ShapeNames(
+    return ShapeNames(
         L="--L",
         A_r="--num_relation_heads",
         hidden_size="--student_hidden_size",
@@ -428,6 +427,14 @@ def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -
         minilm_v1="--minilm_v1",
         separator=" ",
     )
+
+
+def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -> None:
+    """Student shape, teacher layer, relation heads and relations (the distiller's own check, minilmv2.shapes,
+    on configs, its messages naming this command line's flags), then the sequence length."""
+    from minilmv2.shapes import StudentShape, check_distillation_shapes
+
+    flag_names = shape_flag_names()
     student = StudentShape(
         model_args.student_hidden_size,
         model_args.student_num_layers,

@@ -17,9 +17,9 @@ from transformers import (
 
 from minilmv2.architectures import qkv_width
 from minilmv2.relations import DEFAULT_RELATIONS, V1_RELATIONS, relations_literal
+from minilmv2.run_distillation import shape_flag_names
 from minilmv2.shapes import (
     LIBRARY_NAMES,
-    ShapeNames,
     StudentShape,
     check_distillation_shapes,
     qkv_width_from_config,
@@ -39,16 +39,7 @@ CONFIGS = {
     # A head size of its own: Q/K/V are 4 x 16 = 64 wide, not the hidden size 48.
     "deberta-v2 head size 16": lambda: DebertaV2Config(**SHAPE, type_vocab_size=0, attention_head_size=16),
 }  # fmt: skip
-FLAGS = ShapeNames(
-    L="--L",
-    A_r="--num_relation_heads",
-    hidden_size="--student_hidden_size",
-    num_layers="--student_num_layers",
-    num_attention_heads="--student_attention_heads",
-    intermediate_size="--student_intermediate_size",
-    minilm_v1="--minilm_v1",
-    separator=" ",
-)
+FLAGS = shape_flag_names()  # the names run_distillation's start-up check uses
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
