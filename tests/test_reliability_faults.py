@@ -56,12 +56,23 @@ def read_until(process: subprocess.Popen, done, output: list[str], timeout: floa
 
 
 def is_gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie nobody has reaped yet counts as gone)."""
+    """True once every thread of `pid` has exited (a zombie nobody has reaped yet counts as gone).
+
+    The main thread alone is not enough: it can be a zombie while the other threads are still exiting and the
+    process's files (its OUTPUT_DIR lock among them) are not yet closed.
+    """
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
     except FileNotFoundError:
         return True
-    return "\nState:\tZ" in status
+    for thread in threads:
+        try:
+            status = (thread / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited while we looked
+        if "\nState:\tZ" not in status:
+            return False
+    return True
 
 
 def test_sigterm_through_run_sh_saves_and_exits_128_plus_signal_and_a_second_run_is_refused(setup, tmp_path, capsys):
