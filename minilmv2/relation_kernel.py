@@ -62,6 +62,71 @@ def _padded_head_size(head_size: int) -> int:
 
 
 @triton.jit
+def _head_columns(
+    batch,
+    head,
+    teacher_head,
+    student_head,
+    t_stride_b,
+    t_stride_h,
+    s_stride_b,
+    s_stride_h,
+    TEACHER_COLS: tl.constexpr,
+    STUDENT_COLS: tl.constexpr,
+):
+    """Offsets of relation head `head` of sample `batch` in the (B, S, H) states (its d_r columns starting at
+    head * d_r, padded to a power of two) and the masks of its real columns; teacher first, then student."""
+    t_cols = tl.arange(0, TEACHER_COLS)
+    s_cols = tl.arange(0, STUDENT_COLS)
+    t_head = batch * t_stride_b + (head * teacher_head + t_cols)[None, :] * t_stride_h
+    s_head = batch * s_stride_b + (head * student_head + s_cols)[None, :] * s_stride_h
+    return t_head, s_head, (t_cols < teacher_head)[None, :], (s_cols < student_head)[None, :]
+
+
+@triton.jit
+def _masked_logits(
+    t_left,
+    t_right,
+    s_left,
+    s_right,
+    key_ok,
+    teacher_scale,
+    student_scale,
+    TEACHER_DOT: tl.constexpr,
+    STUDENT_DOT: tl.constexpr,
+):
+    """Teacher and student logit tiles (rows x keys, fp32), padded keys at -1e30 in both."""
+    t = tl.dot(t_left, tl.trans(t_right), input_precision=TEACHER_DOT) * teacher_scale
+    s = tl.dot(s_left, tl.trans(s_right), input_precision=STUDENT_DOT) * student_scale
+    return tl.where(key_ok[None, :], t, -1.0e30), tl.where(key_ok[None, :], s, -1.0e30)
+
+
+@triton.jit
+def _logit_gradient(
+    t_left,
+    t_right,
+    s_left,
+    s_right,
+    key_ok,
+    t_lse,
+    s_lse,
+    coefficient,
+    teacher_scale,
+    student_scale,
+    TEACHER_DOT: tl.constexpr,
+    STUDENT_DOT: tl.constexpr,
+):
+    """d loss / d (student logits / sqrt(d_s)) of one tile: w_row (q - p) / sqrt(d_s), p and q recomputed from
+    the row log-sum-exps that the forward stored."""
+    t, s = _masked_logits(
+        t_left, t_right, s_left, s_right, key_ok, teacher_scale, student_scale, TEACHER_DOT, STUDENT_DOT
+    )
+    p = tl.exp(t - t_lse[:, None])
+    q = tl.exp(s - s_lse[:, None])
+    return (q - p) * coefficient[:, None]
+
+
+@triton.jit
 def _relation_kl_forward(
     teacher_left,
     teacher_right,
@@ -97,13 +162,18 @@ def _relation_kl_forward(
     head = group % num_heads
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_in = rows < seq_len
-    t_cols = tl.arange(0, TEACHER_COLS)
-    s_cols = tl.arange(0, STUDENT_COLS)
-    # Offsets of this (sample, relation head) in (B, S, H): d_r columns starting at head * d_r.
-    t_head = batch * t_stride_b + (head * teacher_head + t_cols)[None, :] * t_stride_h
-    s_head = batch * s_stride_b + (head * student_head + s_cols)[None, :] * s_stride_h
-    t_col_in = (t_cols < teacher_head)[None, :]
-    s_col_in = (s_cols < student_head)[None, :]
+    t_head, s_head, t_col_in, s_col_in = _head_columns(
+        batch,
+        head,
+        teacher_head,
+        student_head,
+        t_stride_b,
+        t_stride_h,
+        s_stride_b,
+        s_stride_h,
+        TEACHER_COLS,
+        STUDENT_COLS,
+    )
     t_left = tl.load(teacher_left + t_head + rows[:, None] * t_stride_s, mask=row_in[:, None] & t_col_in, other=0.0)
     s_left = tl.load(student_left + s_head + rows[:, None] * s_stride_s, mask=row_in[:, None] & s_col_in, other=0.0)
     tile = tl.arange(0, BLOCK_N)
@@ -120,10 +190,9 @@ def _relation_kl_forward(
         key_ok = tl.load(key_mask + batch * seq_len + keys, mask=key_in, other=0) != 0
         t_right = tl.load(t_right_at, mask=key_in[:, None] & t_col_in, other=0.0)
         s_right = tl.load(s_right_at, mask=key_in[:, None] & s_col_in, other=0.0)
-        t = tl.dot(t_left, tl.trans(t_right), input_precision=TEACHER_DOT) * teacher_scale
-        s = tl.dot(s_left, tl.trans(s_right), input_precision=STUDENT_DOT) * student_scale
-        t = tl.where(key_ok[None, :], t, -1.0e30)
-        s = tl.where(key_ok[None, :], s, -1.0e30)
+        t, s = _masked_logits(
+            t_left, t_right, s_left, s_right, key_ok, teacher_scale, student_scale, TEACHER_DOT, STUDENT_DOT
+        )
         t_max_new = tl.maximum(t_max, tl.max(t, axis=1))
         s_max_new = tl.maximum(s_max, tl.max(s, axis=1))
         # On the first tile the old maxima are -inf: alpha = 0 wipes the (zero) history; new maxima are finite.
@@ -183,12 +252,18 @@ def _relation_grad_left(
     head = group % num_heads
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_in = rows < seq_len
-    t_cols = tl.arange(0, TEACHER_COLS)
-    s_cols = tl.arange(0, STUDENT_COLS)
-    t_head = batch * t_stride_b + (head * teacher_head + t_cols)[None, :] * t_stride_h
-    s_head = batch * s_stride_b + (head * student_head + s_cols)[None, :] * s_stride_h
-    t_col_in = (t_cols < teacher_head)[None, :]
-    s_col_in = (s_cols < student_head)[None, :]
+    t_head, s_head, t_col_in, s_col_in = _head_columns(
+        batch,
+        head,
+        teacher_head,
+        student_head,
+        t_stride_b,
+        t_stride_h,
+        s_stride_b,
+        s_stride_h,
+        TEACHER_COLS,
+        STUDENT_COLS,
+    )
     t_left = tl.load(teacher_left + t_head + rows[:, None] * t_stride_s, mask=row_in[:, None] & t_col_in, other=0.0)
     s_left = tl.load(student_left + s_head + rows[:, None] * s_stride_s, mask=row_in[:, None] & s_col_in, other=0.0)
     t_lse = tl.load(teacher_lse + group * seq_len + rows, mask=row_in, other=0.0)
@@ -204,14 +279,25 @@ def _relation_grad_left(
         key_ok = tl.load(key_mask + batch * seq_len + keys, mask=key_in, other=0) != 0
         t_right = tl.load(t_right_at, mask=key_in[:, None] & t_col_in, other=0.0)
         s_right = tl.load(s_right_at, mask=key_in[:, None] & s_col_in, other=0.0)
-        t = tl.dot(t_left, tl.trans(t_right), input_precision=TEACHER_DOT) * teacher_scale
-        s = tl.dot(s_left, tl.trans(s_right), input_precision=STUDENT_DOT) * student_scale
-        p = tl.exp(tl.where(key_ok[None, :], t, -1.0e30) - t_lse[:, None])
-        q = tl.exp(tl.where(key_ok[None, :], s, -1.0e30) - s_lse[:, None])
-        grad += tl.dot((q - p) * coefficient[:, None], s_right.to(tl.float32), input_precision="tf32x3")
+        grad_logits = _logit_gradient(
+            t_left,
+            t_right,
+            s_left,
+            s_right,
+            key_ok,
+            t_lse,
+            s_lse,
+            coefficient,
+            teacher_scale,
+            student_scale,
+            TEACHER_DOT,
+            STUDENT_DOT,
+        )  # (BLOCK_M, BLOCK_N)
+        grad += tl.dot(grad_logits, s_right.to(tl.float32), input_precision="tf32x3")
         t_right_at += BLOCK_N * t_stride_s
         s_right_at += BLOCK_N * s_stride_s
-    grad_head = batch * seq_len * num_heads * student_head + (head * student_head + s_cols)[None, :]
+    grad_cols = head * student_head + tl.arange(0, STUDENT_COLS)
+    grad_head = batch * seq_len * num_heads * student_head + grad_cols[None, :]
     tl.store(grad_left + grad_head + rows[:, None] * num_heads * student_head, grad, mask=row_in[:, None] & s_col_in)
 
 
@@ -252,12 +338,18 @@ def _relation_grad_right(
     keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     key_in = keys < seq_len
     key_ok = tl.load(key_mask + batch * seq_len + keys, mask=key_in, other=0) != 0
-    t_cols = tl.arange(0, TEACHER_COLS)
-    s_cols = tl.arange(0, STUDENT_COLS)
-    t_head = batch * t_stride_b + (head * teacher_head + t_cols)[None, :] * t_stride_h
-    s_head = batch * s_stride_b + (head * student_head + s_cols)[None, :] * s_stride_h
-    t_col_in = (t_cols < teacher_head)[None, :]
-    s_col_in = (s_cols < student_head)[None, :]
+    t_head, s_head, t_col_in, s_col_in = _head_columns(
+        batch,
+        head,
+        teacher_head,
+        student_head,
+        t_stride_b,
+        t_stride_h,
+        s_stride_b,
+        s_stride_h,
+        TEACHER_COLS,
+        STUDENT_COLS,
+    )
     t_right = tl.load(teacher_right + t_head + keys[:, None] * t_stride_s, mask=key_in[:, None] & t_col_in, other=0.0)
     s_right = tl.load(student_right + s_head + keys[:, None] * s_stride_s, mask=key_in[:, None] & s_col_in, other=0.0)
     tile = tl.arange(0, BLOCK_M)
@@ -274,15 +366,25 @@ def _relation_grad_right(
         t_lse = tl.load(teacher_lse + group * seq_len + rows, mask=row_in, other=0.0)
         s_lse = tl.load(student_lse + group * seq_len + rows, mask=row_in, other=0.0)
         coefficient = tl.load(row_weight + batch * seq_len + rows, mask=row_in, other=0.0) * student_scale
-        t = tl.dot(t_left, tl.trans(t_right), input_precision=TEACHER_DOT) * teacher_scale
-        s = tl.dot(s_left, tl.trans(s_right), input_precision=STUDENT_DOT) * student_scale
-        p = tl.exp(tl.where(key_ok[None, :], t, -1.0e30) - t_lse[:, None])
-        q = tl.exp(tl.where(key_ok[None, :], s, -1.0e30) - s_lse[:, None])
-        grad_logits = (q - p) * coefficient[:, None]  # (BLOCK_M, BLOCK_N)
+        grad_logits = _logit_gradient(
+            t_left,
+            t_right,
+            s_left,
+            s_right,
+            key_ok,
+            t_lse,
+            s_lse,
+            coefficient,
+            teacher_scale,
+            student_scale,
+            TEACHER_DOT,
+            STUDENT_DOT,
+        )  # (BLOCK_M, BLOCK_N)
         grad += tl.dot(tl.trans(grad_logits), s_left.to(tl.float32), input_precision="tf32x3")
         t_left_at += BLOCK_M * t_stride_s
         s_left_at += BLOCK_M * s_stride_s
-    grad_head = batch * seq_len * num_heads * student_head + (head * student_head + s_cols)[None, :]
+    grad_cols = head * student_head + tl.arange(0, STUDENT_COLS)
+    grad_head = batch * seq_len * num_heads * student_head + grad_cols[None, :]
     tl.store(grad_right + grad_head + keys[:, None] * num_heads * student_head, grad, mask=key_in[:, None] & s_col_in)
 
 
