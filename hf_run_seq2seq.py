@@ -5,7 +5,7 @@ The MiniLM v1 README's generation recipe (s2s-ft's run_seq2seq.py + decode_seq2s
 shape of hf_run_evaluation.py: the encoder becomes a generator through the s2s self-attention mask
 (`[CLS] source [SEP] target [SEP]`, segment 0 / 1), trained with s2s-ft's pseudo-masking and decoded by a
 batched beam search that reuses the cached keys/values of the source and of the target prefix. See
-minilmv2/seq2seq.py for the layout, the mask and why pseudo-masking rather than UniLM's random masking.
+minilmv2/scoring/seq2seq.py for the layout, the mask and why pseudo-masking rather than UniLM's random masking.
 
     # JSON lines {"src": ..., "tgt": ...} (the seed's format); the MiniLM README's XSum recipe, one GPU
     python hf_run_seq2seq.py --model_name_or_path runs/student --train_file train.jsonl \\
@@ -48,7 +48,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 
 from hf_run_evaluation import check_model_dir, find_tokenizer_files, refuse_load_errors  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line  # noqa: E402
-from minilmv2.hub import hub_offline  # noqa: E402
+from minilmv2.hub import hub_offline, offline_switches  # noqa: E402
 
 FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
 PREDICTIONS_FILE = "generated_predictions.txt"
@@ -188,7 +188,7 @@ def check_arguments(model_args, data_args, gen_args, training_args):
         if hub_offline():
             raise UsageError(
                 f"--dataset_name {data_args.dataset_name!r} needs the hub, which is offline "
-                "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); pass --train_file/--validation_file JSON lines"
+                f"({offline_switches()}); pass --train_file/--validation_file JSON lines"
             )
     else:
         for split in needed:
@@ -229,7 +229,7 @@ def check_arguments(model_args, data_args, gen_args, training_args):
             f"--model_name_or_path is a {config.model_type!r} model; s2s fine-tuning supports "
             + ", ".join(SUPPORTED_MODEL_TYPES)
         )
-    from minilmv2.seq2seq import position_offset
+    from minilmv2.scoring.seq2seq import position_offset
 
     # Target positions continue after the source, so both maxima together must fit the position table.
     positions = config.max_position_embeddings - position_offset(config)
@@ -296,7 +296,7 @@ def load_hub_examples(data_args, model_args, split: str) -> list[dict[str, str]]
 
 def score(predictions: list[str], references: list[str], names: list[str]) -> dict[str, float]:
     """{eval_rouge1, eval_rouge2, eval_rougeL, eval_bleu} (x 100) for the metrics asked for."""
-    from minilmv2.metrics import load_metric
+    from minilmv2.scoring.metrics import load_metric
 
     results: dict[str, float] = {}
     if "rouge" in names:
@@ -327,7 +327,7 @@ def generate(s2s, features, settings, batch_size: int, tokenizer, bf16: bool) ->
     import torch
     from tqdm.auto import tqdm
 
-    from minilmv2.seq2seq import beam_search
+    from minilmv2.scoring.seq2seq import beam_search
 
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["source_ids"]))
     texts: list[str] = [""] * len(features)
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import transformers
     from transformers import AutoModelForMaskedLM, Trainer, set_seed
 
-    from minilmv2.seq2seq import BeamSettings, Seq2SeqLM, SpecialIds
+    from minilmv2.scoring.seq2seq import BeamSettings, Seq2SeqLM, SpecialIds
 
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)

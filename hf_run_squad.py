@@ -40,9 +40,9 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-from minilmv2 import squad  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
-from minilmv2.finetune_checks import (  # noqa: E402
+from minilmv2.scoring import squad  # noqa: E402
+from minilmv2.scoring.finetune_checks import (  # noqa: E402
     check_eval_batch,
     check_model_dir,
     check_training_values,
@@ -236,11 +236,11 @@ def check_window_fits(data_args: DataTrainingArguments, max_seq_length: int, who
 
 def check_hub_dataset(data_args: DataTrainingArguments) -> None:
     """UsageError when --dataset_name needs the hub but it is offline, or disagrees with the version flag."""
-    from minilmv2.hub import hub_offline
+    from minilmv2.hub import hub_offline, offline_switches
 
     if hub_offline():
         raise UsageError(
-            f"--dataset_name {data_args.dataset_name!r} needs the hub, which is offline (HF_HUB_OFFLINE=1); "
+            f"--dataset_name {data_args.dataset_name!r} needs the hub, which is offline ({offline_switches()}); "
             "pass --data_dir with --train_file/--predict_file in the SQuAD JSON layout"
         )
     short_name = data_args.dataset_name.split("/")[-1]
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         set_seed,
     )
 
-    from minilmv2.metrics import load_metric
+    from minilmv2.scoring.metrics import load_metric
 
     transformers.utils.logging.set_verbosity_warning()
     hub_kwargs = dict(

@@ -26,7 +26,7 @@
 #
 # Each run goes to OUTPUT_DIR/<task>/lr<LR>_ep<EPOCHS>_seed<SEED>/ with run.log and sweep_run.json
 # (status ok/failed). A failed run is marked failed and the sweep goes on. At the end OUTPUT_DIR gets
-# summary.csv, summary.md, runs.csv and heatmap_<task>.png (python -m minilmv2.sweep_summary); SQuAD tasks are
+# summary.csv, summary.md, runs.csv and heatmap_<task>.png (python -m minilmv2.scoring.sweep_summary); SQuAD tasks are
 # ranked by F1 and show exact match (EM) beside it.
 # Exit status: 0 when every run finished, 1 when some failed (the summary is written either way),
 # 2 for bad settings.
@@ -91,12 +91,12 @@ done
 # MODEL_DIR's weights, task names and each task's data are checked once here (one plain line, status 2) rather
 # than failing every run of the sweep: GLUE tasks need their TSV files under GLUE_DIR, or the hub (so not
 # HF_HUB_OFFLINE=1) when GLUE_DIR is unset; the offline tasks need their raw files; SQuAD tasks their JSON files
-# under SQUAD_DIR, or the hub (minilmv2.sweep_summary.check_sweep_model / check_sweep_tasks).
+# under SQUAD_DIR, or the hub (minilmv2.scoring.sweep_summary.check_sweep_model / check_sweep_tasks).
 "$PYTHON" - "$MODEL_DIR" "$GLUE_DIR" "$OFFLINE_DATA_DIR" "$SQUAD_DIR" "${task_list[@]}" <<'EOF' || exit 2
 import sys
 
 from minilmv2.errors import UsageError
-from minilmv2.sweep_summary import check_sweep_model, check_sweep_tasks
+from minilmv2.scoring.sweep_summary import check_sweep_model, check_sweep_tasks
 
 try:
     check_sweep_model(sys.argv[1])
@@ -180,7 +180,7 @@ for task in "${task_list[@]}"; do
     done
 done
 
-"$PYTHON" -m minilmv2.sweep_summary "$OUTPUT_DIR" --model_name "$(basename "$MODEL_DIR")" --tasks "${task_list[@]}" || exit 1
+"$PYTHON" -m minilmv2.scoring.sweep_summary "$OUTPUT_DIR" --model_name "$(basename "$MODEL_DIR")" --tasks "${task_list[@]}" || exit 1
 if (( failed > 0 )); then
     echo "$failed of $total runs failed; they are marked failed in $OUTPUT_DIR/summary.md"
     exit 1

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from minilmv2.assets import default_dest
+from minilmv2.tools.assets import default_dest
 
 ASSETS = default_dest()
 

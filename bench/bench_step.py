@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_algorithm import ReferenceMiniLM  # noqa: E402
 
 from minilmv2 import MiniLM, build_student, student_config_from_teacher  # noqa: E402
-from minilmv2.assets import default_dest  # noqa: E402
 from minilmv2.relations import relation_loss  # noqa: E402
+from minilmv2.tools.assets import default_dest  # noqa: E402
 
 RELATIONS = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
 

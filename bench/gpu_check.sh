@@ -40,8 +40,8 @@ for phase in "${PHASES[@]}"; do
     case "$phase" in
     tests)
         echo "== exactness tests on cuda"
-        MINILMV2_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_relation_kernel.py \
-            tests/test_relations.py tests/test_bench_reference.py 2>&1 | tee "$OUT/tests.log" | tail -5
+        MINILMV2_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider tests/unit/test_relation_kernel.py \
+            tests/unit/test_relations.py tests/unit/test_bench_reference.py 2>&1 | tee "$OUT/tests.log" | tail -5
         [ "${PIPESTATUS[0]}" -eq 0 ] || failures=$((failures + 1))
         ;;
     bench)

@@ -13,7 +13,7 @@ Sharding (each rank reads and tokenises only its own share, nothing lost or dupl
     divides the world size (every rank gets as many whole files); each of the remaining `count % world_size`
     files is read by every rank, which keeps (and tokenises) only its rows i = r mod world;
   - a hub dataset is split by `datasets.distributed.split_dataset_by_node`.
-The stream is rank-aware itself, so the trainer must not shard it again (see `training.py`).
+The stream is rank-aware itself, so the trainer must not shard it again (see `trainer.py`).
 
 Memory is bounded whatever the line lengths: a document longer than `MAX_PIECE_CHARS` is cut into pieces
 (at whitespace, else at a character boundary) before it is tokenised, and pieces of one document are packed
@@ -80,12 +80,12 @@ def is_remote(source: str) -> bool:
 
 
 def _refuse_remote_when_offline(remote: list[str], option: str, path: Path) -> None:
-    from minilmv2.hub import hub_offline
+    from minilmv2.hub import hub_offline, offline_switches
 
     if remote and hub_offline():
         raise UsageError(
-            f"{option} {path} reads {remote[0]} from the network, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set; "
-            "unset it (e.g. HF_HUB_OFFLINE=0) or use local files"
+            f"{option} {path} reads {remote[0]} from the network, but the hub is offline ({offline_switches()}); "
+            "unset it or use local files"
         )
 
 

@@ -15,3 +15,17 @@ def hub_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE)
+
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def offline_switches() -> str:
+    """For messages when `hub_offline()`: the variables that the user set, e.g. "HF_HUB_OFFLINE=1"."""
+    import os
+
+    # huggingface_hub and datasets read these words as true.
+    on = [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}]
+    if on:
+        return ", ".join(f"{name}={os.environ[name]}" for name in on)
+    return " or ".join(OFFLINE_VARIABLES) + " is on"

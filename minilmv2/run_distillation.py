@@ -144,7 +144,7 @@ def parse_args(argv: list[str]):
     import torch
     from transformers import TrainingArguments
 
-    from minilmv2.finetune_checks import parse_script_arguments
+    from minilmv2.scoring.finetune_checks import parse_script_arguments
 
     argv = [arg for arg in argv if arg not in GROUPS and arg != "--"]
     unless_given = {}
@@ -245,7 +245,7 @@ def load_teacher_config(model_dir: str):
 
 def teacher_weights_problem(path: Path) -> str | None:
     """Why the teacher's weight files are truncated or damaged (from headers and sizes, no weights loaded)."""
-    from minilmv2.training import safetensors_problem, torch_file_problem
+    from minilmv2.checkpoints import safetensors_problem, torch_file_problem
 
     files = []
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
@@ -473,7 +473,7 @@ def check_relation_kernel(kernel: str, training_args) -> None:
 
 def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
     """Refuse to mix a new run into a folder that holds an earlier one (finished or not)."""
-    from minilmv2.training import CHECKPOINT_PREFIX, STUDENT_DIR
+    from minilmv2.checkpoints import CHECKPOINT_PREFIX, STUDENT_DIR
 
     if not output_dir.exists() or resuming or overwrite:
         return
@@ -493,7 +493,7 @@ def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
 
 def clear_previous_run(output_dir: Path) -> None:
     """--overwrite_output_dir: remove this script's earlier outputs (only those) from `output_dir`."""
-    from minilmv2.training import CHECKPOINT_PREFIX, STUDENT_DIR
+    from minilmv2.checkpoints import CHECKPOINT_PREFIX, STUDENT_DIR
 
     for path in [*output_dir.glob(f"{CHECKPOINT_PREFIX}*"), output_dir / STUDENT_DIR]:
         shutil.rmtree(path, ignore_errors=True)
@@ -505,7 +505,7 @@ def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path |
     """The checkpoint to resume: the given path (checked by `check`), or for `latest` the newest one that is
     complete and intact, each damaged one skipped and named with its reason. `check` raises
     `CorruptCheckpointError` for damage and UsageError for a checkpoint that does not fit the run (refused)."""
-    from minilmv2.training import CHECKPOINT_PREFIX, COMPLETE_MARKER, CorruptCheckpointError, checkpoint_step
+    from minilmv2.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, CorruptCheckpointError, checkpoint_step
 
     if requested is None:
         return None
@@ -561,9 +561,9 @@ def stream_options(data_args, training_args, tokenizer) -> dict:
 
 def make_plan(argv: list[str]) -> Plan:
     """Every check, cheapest first; reads configs, headers, the tokenizer and the corpus's first records only."""
+    from minilmv2.checkpoints import validate_checkpoint
     from minilmv2.data import first_record_problem, first_tokens_problem, load_corpus_config
     from minilmv2.launch import check_output_lock
-    from minilmv2.training import validate_checkpoint
 
     data_args, model_args, training_args, run_options = parse_args(argv)
     train_config = load_corpus_config(data_args.train_config, "--train_config")
@@ -667,7 +667,7 @@ def configure_training_args(training_args, has_val: bool) -> None:
 
 def newest_intact_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint whose files and student fingerprint check out, or None."""
-    from minilmv2.training import CHECKPOINT_PREFIX, COMPLETE_MARKER, checkpoint_step, validate_checkpoint
+    from minilmv2.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, checkpoint_step, validate_checkpoint
 
     found = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE_MARKER).is_file()]
     for checkpoint in sorted(found, key=checkpoint_step, reverse=True):
@@ -687,7 +687,7 @@ def print0(*args) -> None:
 def run(plan: Plan) -> int:
     """Load, train, export; the SIGTERM/SIGINT handlers live only as long as training."""
     from minilmv2.launch import acquire_output_lock, release_output_lock, watch_parent
-    from minilmv2.training import StopSignal
+    from minilmv2.trainer import StopSignal
 
     watch_parent()
     output_dir = plan.training_args.output_dir
@@ -705,17 +705,12 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     from transformers import AutoModel, set_seed
 
     from minilmv2 import MiniLM, build_student, student_config_from_teacher
+    from minilmv2.checkpoints import DATA_STATE_DIR, STUDENT_DIR, last_complete_checkpoint
     from minilmv2.data import PadCollator, TokenStream
     from minilmv2.model_card import write_model_card
     from minilmv2.plots import plot_loss_curve
     from minilmv2.student import ffn_size
-    from minilmv2.training import (
-        DATA_STATE_DIR,
-        STUDENT_DIR,
-        DistillationTrainer,
-        NonFiniteLossError,
-        last_complete_checkpoint,
-    )
+    from minilmv2.trainer import DistillationTrainer, NonFiniteLossError
 
     data_args, model_args, args = plan.data_args, plan.model_args, plan.training_args
     output_dir = Path(args.output_dir)

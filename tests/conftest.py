@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minilmv2.assets import default_dest
+from minilmv2.tools.assets import default_dest
 
 # Triton decides at import whether its own library functions (tl.zeros, ...) are compiled or interpreted, and
 # torch.compile imports triton when it is installed: without a GPU, the interpreter must be on before any test
@@ -24,25 +24,15 @@ if not torch.cuda.is_available():
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Test modules that run the scripts end to end (entry points, run.sh / run_eval.sh, torchrun, the quickstart):
-# marked `integration`, so `pytest -m "not integration"` is the quick loop over the pure functions and modules.
-INTEGRATION_MODULES = {
-    "test_hf_run_evaluation",
-    "test_hf_run_squad",
-    "test_quickstart",
-    "test_reliability_faults",
-    "test_reliability_training",
-    "test_run_distillation",
-    "test_run_eval",
-    "test_seq2seq_script",
-    "test_torchrun",
-    "test_torchrun_architectures",
-}
+# tests/unit: the pure functions and modules, fast. tests/integration: the scripts run end to end (entry points,
+# run.sh / run_eval.sh, torchrun, the quickstart), marked `integration` here so that `pytest -m "not integration"`
+# (make test-unit) is the quick loop; `make test` runs both.
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rpartition(".")[2] in INTEGRATION_MODULES:
+        if INTEGRATION_DIR in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.integration)
 
 
@@ -54,10 +44,10 @@ def assets_dir() -> Path:
 def require_asset(part: str) -> Path:
     """Path of one fetched part ("teacher", "corpus" or "tasks"); fail (or skip, if allowed) when absent."""
     path = assets_dir() / part
-    # SOURCE.json is written last by minilmv2.assets: without it the part is missing or incomplete.
+    # SOURCE.json is written last by minilmv2.tools.assets: without it the part is missing or incomplete.
     if (path / "SOURCE.json").is_file():
         return path
-    message = f"asset {part!r} not found at {path}; run `make assets` (or python -m minilmv2.assets)"
+    message = f"asset {part!r} not found at {path}; run `make assets` (or python -m minilmv2.tools.assets)"
     if os.environ.get("MINILMV2_ALLOW_MISSING_ASSETS") == "1":
         pytest.skip(message)
     pytest.fail(message + " or set MINILMV2_ALLOW_MISSING_ASSETS=1 to skip such tests")

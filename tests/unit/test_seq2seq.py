@@ -1,4 +1,4 @@
-"""minilmv2.seq2seq on tiny random masked-LM models: the s2s mask, the loss, and beam search.
+"""minilmv2.scoring.seq2seq on tiny random masked-LM models: the s2s mask, the loss, and beam search.
 
 The references here are deliberately plain: a per-slot mask written from the UniLM definition with loops,
 and a decoder that re-encodes `[CLS] source [SEP] prefix [MASK]` from scratch at every step with such a
@@ -20,7 +20,7 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from minilmv2.seq2seq import (
+from minilmv2.scoring.seq2seq import (
     PAD,
     PSEUDO,
     SOURCE,

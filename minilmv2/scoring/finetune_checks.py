@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from minilmv2.errors import UsageError, one_line
-from minilmv2.hub import hub_offline
+from minilmv2.hub import hub_offline, offline_switches
 
 # Any of these holds a model's weights (single file or sharded index, safetensors or the older .bin).
 WEIGHT_FILES = (
@@ -104,7 +104,7 @@ def check_model_dir(name_or_path: str, option: str = "--model_name_or_path", nee
         if hub_offline():
             raise UsageError(
                 f"{option} {name_or_path!r} is not a local directory and the hub is offline "
-                "(HF_HUB_OFFLINE=1); pass a model directory holding config.json"
+                f"({offline_switches()}); pass a model directory holding config.json"
             )
         return
     if not path.is_dir():

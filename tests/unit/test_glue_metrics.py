@@ -1,7 +1,7 @@
 """GLUE metrics computed offline, checked against values worked out by hand (not just against sklearn).
 
 They are the repository's evaluate modules (metrics/glue, metrics/text_classification, metrics/mse,
-metrics/accuracy), reached through `glue.compute_metrics` and, as a user would, through `evaluate.load(path)`.
+metrics/accuracy), reached through `sentence_tasks.compute_metrics` and, as a user would, through `evaluate.load(path)`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from minilmv2 import glue
+from minilmv2.scoring import sentence_tasks
 
 # Binary case used for cola / mrpc / qqp. Counting by hand (positive class = 1):
 #   index      0 1 2 3 4 5 6 7
@@ -26,7 +26,7 @@ HAND_MCC = (3 * 2 - 1 * 2) / math.sqrt((3 + 1) * (3 + 2) * (2 + 1) * (2 + 2))  #
 
 
 def test_cola_is_matthews_correlation():
-    result = glue.compute_metrics(glue.TASKS["cola"], BINARY_PREDICTIONS, BINARY_REFERENCES)
+    result = sentence_tasks.compute_metrics(sentence_tasks.TASKS["cola"], BINARY_PREDICTIONS, BINARY_REFERENCES)
     assert result.keys() == {"matthews_correlation"}
     assert result["matthews_correlation"] == pytest.approx(HAND_MCC, abs=1e-12)
     assert abs(HAND_MCC - 0.2581988897) < 1e-9
@@ -34,13 +34,13 @@ def test_cola_is_matthews_correlation():
 
 def test_cola_constant_predictions_score_zero():
     # The GLUE metric (sklearn's) defines MCC as 0 when a confusion-matrix margin is empty.
-    result = glue.compute_metrics(glue.TASKS["cola"], np.ones(8, dtype=int), BINARY_REFERENCES)
+    result = sentence_tasks.compute_metrics(sentence_tasks.TASKS["cola"], np.ones(8, dtype=int), BINARY_REFERENCES)
     assert result["matthews_correlation"] == 0.0
 
 
 @pytest.mark.parametrize("task", ["mrpc", "qqp"])
 def test_mrpc_qqp_are_accuracy_f1_and_their_mean(task):
-    result = glue.compute_metrics(glue.TASKS[task], BINARY_PREDICTIONS, BINARY_REFERENCES)
+    result = sentence_tasks.compute_metrics(sentence_tasks.TASKS[task], BINARY_PREDICTIONS, BINARY_REFERENCES)
     assert result.keys() == {"accuracy", "f1", "combined_score"}
     assert result["accuracy"] == pytest.approx(HAND_ACCURACY, abs=1e-12)
     assert result["f1"] == pytest.approx(HAND_F1, abs=1e-12)
@@ -49,7 +49,7 @@ def test_mrpc_qqp_are_accuracy_f1_and_their_mean(task):
 
 def test_f1_counts_class_one_as_positive():
     # Swapping the labels changes F1 (TP 2, FP 2, FN 1 -> 4/7) but not accuracy: class 1 is the positive one.
-    result = glue.compute_metrics(glue.TASKS["mrpc"], 1 - BINARY_PREDICTIONS, 1 - BINARY_REFERENCES)
+    result = sentence_tasks.compute_metrics(sentence_tasks.TASKS["mrpc"], 1 - BINARY_PREDICTIONS, 1 - BINARY_REFERENCES)
     assert result["f1"] == pytest.approx(4 / 7, abs=1e-12)
     assert result["accuracy"] == pytest.approx(HAND_ACCURACY, abs=1e-12)
 
@@ -63,7 +63,7 @@ def test_stsb_pearson_and_spearman_with_ties():
     # Spearman: ranks of x = [1..5]; of y, ties averaged: 2 -> 1, the two 4s -> 2.5, the two 5s -> 4.5;
     # deviations from 3: x = [-2,-1,0,1,2], y = [-2,-0.5,1.5,-0.5,1.5]; sum xy = 7, sum y^2 = 9 -> 7 / sqrt(90).
     hand_spearman = 7 / math.sqrt(90)
-    result = glue.compute_metrics(glue.TASKS["stsb"], predictions, references)
+    result = sentence_tasks.compute_metrics(sentence_tasks.TASKS["stsb"], predictions, references)
     assert result.keys() == {"pearson", "spearmanr", "combined_score"}
     assert result["pearson"] == pytest.approx(hand_pearson, abs=1e-12)
     assert result["spearmanr"] == pytest.approx(hand_spearman, abs=1e-12)
@@ -72,10 +72,10 @@ def test_stsb_pearson_and_spearman_with_ties():
 
 @pytest.mark.parametrize("task", ["sst2", "mnli", "qnli", "rte", "wnli"])
 def test_accuracy_tasks(task):
-    num_labels = glue.TASKS[task].num_labels
+    num_labels = sentence_tasks.TASKS[task].num_labels
     references = np.array([0, 1, 1, 0, 1, 0]) % num_labels
     predictions = np.array([0, 1, 0, 0, 0, 1]) % num_labels  # right at indices 0, 1, 3
-    result = glue.compute_metrics(glue.TASKS[task], predictions, references)
+    result = sentence_tasks.compute_metrics(sentence_tasks.TASKS[task], predictions, references)
     assert result == {"accuracy": pytest.approx(3 / 6, abs=1e-12)}
 
 
@@ -85,31 +85,31 @@ def test_offline_tasks_report_accuracy_and_macro_f1(task):
     predictions = np.array([0, 0, 1, 1, 2, 2])
     # Per class: 0 -> TP 2, FP 0, FN 1: F1 4/5; 1 -> TP 1, FP 1, FN 1: 2/4; 2 -> TP 1, FP 1, FN 0: 2/3.
     hand_macro_f1 = (4 / 5 + 2 / 4 + 2 / 3) / 3
-    result = glue.compute_metrics(glue.TASKS[task], predictions, references)
+    result = sentence_tasks.compute_metrics(sentence_tasks.TASKS[task], predictions, references)
     assert result["accuracy"] == pytest.approx(4 / 6, abs=1e-12)
     assert result["macro_f1"] == pytest.approx(hand_macro_f1, abs=1e-12)
     assert result["combined_score"] == pytest.approx((4 / 6 + hand_macro_f1) / 2, abs=1e-12)
 
 
 def test_custom_regression_is_mean_squared_error():
-    spec = glue.TaskSpec("custom", ("sentence", None), None, "pearson")
-    result = glue.compute_metrics(spec, np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 2.0]))
+    spec = sentence_tasks.TaskSpec("custom", ("sentence", None), None, "pearson")
+    result = sentence_tasks.compute_metrics(spec, np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 2.0]))
     assert result == {"mse": pytest.approx((0 + 1 + 4) / 3, abs=1e-12)}
 
 
 def test_every_task_has_its_main_metric_among_its_results():
-    for spec in glue.TASKS.values():
+    for spec in sentence_tasks.TASKS.values():
         if spec.is_regression:
-            result = glue.compute_metrics(spec, np.array([0.0, 1.0, 3.0]), np.array([0.5, 1.0, 2.0]))
+            result = sentence_tasks.compute_metrics(spec, np.array([0.0, 1.0, 3.0]), np.array([0.5, 1.0, 2.0]))
         else:
-            result = glue.compute_metrics(spec, np.array([0, 1, 0]), np.array([0, 1, 1]))
+            result = sentence_tasks.compute_metrics(spec, np.array([0, 1, 0]), np.array([0, 1, 1]))
         assert spec.main_metric in result, spec.name
 
 
 def test_glue_module_loads_by_path_with_evaluate_as_run_glue_does():
     import evaluate
 
-    from minilmv2.metrics import METRICS_DIR
+    from minilmv2.scoring.metrics import METRICS_DIR
 
     metric = evaluate.load(str(METRICS_DIR / "glue"), "mrpc", keep_in_memory=True)
     result = metric.compute(predictions=BINARY_PREDICTIONS, references=BINARY_REFERENCES)
@@ -119,7 +119,7 @@ def test_glue_module_loads_by_path_with_evaluate_as_run_glue_does():
 
 def test_metric_modules_accumulate_batches_like_hub_modules():
     # add_batch then compute, the streaming form of evaluate's API, must equal one compute over everything.
-    metric = glue.load_task_metric(glue.TASKS["cola"])
+    metric = sentence_tasks.load_task_metric(sentence_tasks.TASKS["cola"])
     metric.add_batch(predictions=BINARY_PREDICTIONS[:3], references=BINARY_REFERENCES[:3])
     metric.add_batch(predictions=BINARY_PREDICTIONS[3:], references=BINARY_REFERENCES[3:])
     assert metric.compute()["matthews_correlation"] == pytest.approx(HAND_MCC, abs=1e-12)
@@ -127,7 +127,7 @@ def test_metric_modules_accumulate_batches_like_hub_modules():
 
 def test_unknown_glue_config_and_unknown_metric_are_refused():
     from minilmv2.errors import UsageError
-    from minilmv2.metrics import load_metric
+    from minilmv2.scoring.metrics import load_metric
 
     with pytest.raises(KeyError, match="choose one of"):
         load_metric("glue", "not_a_task")

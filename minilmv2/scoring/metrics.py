@@ -19,7 +19,7 @@ from pathlib import Path
 from minilmv2.errors import UsageError
 
 # The package is installed editable, so its parent is the checkout that holds metrics/.
-METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[2] / "metrics"
 
 
 def metric_path(name: str) -> Path:

@@ -12,9 +12,9 @@ from pathlib import Path
 from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpus_config, write_tiny_teacher
 from transformers import AutoModel, AutoTokenizer
 
+from minilmv2.checkpoints import COMPLETE_MARKER, parameters_sha256
 from minilmv2.data import TokenStream, load_corpus_config
 from minilmv2.run_distillation import main
-from minilmv2.training import COMPLETE_MARKER, parameters_sha256
 
 STEPS, BATCH, SEQ_LEN, BUFFER = 6, 4, 32, 16
 

@@ -19,10 +19,10 @@ from fixtures.distill.tiny_teacher import (
 )
 from safetensors.torch import load_file
 
+from minilmv2.checkpoints import COMPLETE_MARKER, parameters_sha256
 from minilmv2.run_distillation import GROUPS, DataArguments, ModelArguments, RunOptions, main, parse_args
-from minilmv2.training import COMPLETE_MARKER, parameters_sha256
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

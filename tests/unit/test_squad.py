@@ -1,4 +1,4 @@
-"""minilmv2.squad without a model: reading SQuAD JSON, windows over long contexts, training labels, and the
+"""minilmv2.scoring.squad without a model: reading SQuAD JSON, windows over long contexts, training labels, and the
 choice of answers from logits set by hand."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from fixtures.squad.tiny_models import SQUAD_FIXTURES, write_tiny_squad_bert
 
-from minilmv2 import squad
 from minilmv2.errors import UsageError
+from minilmv2.scoring import squad
 
 # The windows the end-to-end tests use too: the 140-token Avon context needs several, and one training
 # answer ("a trust of volunteers") crosses the edge of one of them.

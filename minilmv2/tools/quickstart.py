@@ -1,6 +1,6 @@
 """`make quickstart`: the whole mission on a laptop-sized default, offline, in about 20 minutes on 2 CPU cores.
 
-    python -m minilmv2.quickstart [--output_dir runs/quickstart] [--assets .assets]
+    python -m minilmv2.tools.quickstart [--output_dir runs/quickstart] [--assets .assets]
 
 1. distils the real pretrained teacher in `.assets/teacher` (all-MiniLM-L6-v2, a 6 x 384 BERT) into a small
    student on the offline Wikipedia + books corpus, through `run.sh`;
@@ -29,10 +29,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from minilmv2.assets import default_dest
 from minilmv2.errors import UsageError, exit_on_usage_error
+from minilmv2.tools.assets import default_dest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -152,13 +152,13 @@ def read_scores(eval_dir: Path) -> dict[str, float]:
 
 def majority_class_scores(tasks: list[str], tasks_dir: Path) -> dict[str, float]:
     """Accuracy x 100 of always predicting the training subset's most frequent label (a floor for the table)."""
-    from minilmv2 import glue
+    from minilmv2.scoring import sentence_tasks
 
     scores = {}
     for task in tasks:
         extra = TASK_EXTRA_ARGS[task].split()
         num_train = int(extra[extra.index("--max_train_samples") + 1]) if "--max_train_samples" in extra else None
-        splits = glue.load_offline_task(glue.get_task(task), tasks_dir)
+        splits = sentence_tasks.load_offline_task(sentence_tasks.get_task(task), tasks_dir)
         majority = Counter(splits["train"]["label"][:num_train]).most_common(1)[0][0]
         dev_labels = splits["validation"]["label"]
         scores[task] = 100.0 * sum(label == majority for label in dev_labels) / len(dev_labels)
@@ -264,7 +264,7 @@ def check_assets(assets: Path) -> dict[str, Path]:
     if missing:
         raise UsageError(
             f"--assets {str(assets)!r} lacks {', '.join(missing)}; run `make assets` "
-            f"(or python -m minilmv2.assets --dest {assets})"
+            f"(or python -m minilmv2.tools.assets --dest {assets})"
         )
     return parts
 

@@ -9,12 +9,12 @@ a run that finished, the script's `eval_results.json`. This module reads them al
   OUTPUT_DIR/runs.csv         every run with its status and score
   OUTPUT_DIR/heatmap_<task>.png   dev score over learning rate x epochs
 
-Scores are the task's main metric (minilmv2.glue.TaskSpec.main_metric, e.g. accuracy, Matthews correlation
-for cola, Pearson for stsb, matched accuracy for mnli; F1 for squad and squad_v2) x 100. SQuAD tasks also
-show exact match (EM) beside F1, as SQuAD results are quoted. With several seeds a cell's score is their
-median; the best cell is the highest (ties go to fewer epochs, then the lower learning rate).
+Scores are the task's main metric (minilmv2.scoring.sentence_tasks.TaskSpec.main_metric, e.g. accuracy,
+Matthews correlation for cola, Pearson for stsb, matched accuracy for mnli; F1 for squad and squad_v2) x 100.
+SQuAD tasks also show exact match (EM) beside F1, as SQuAD results are quoted. With several seeds a cell's score is
+their median; the best cell is the highest (ties go to fewer epochs, then the lower learning rate).
 
-    python -m minilmv2.sweep_summary OUTPUT_DIR [--model_name NAME]
+    python -m minilmv2.scoring.sweep_summary OUTPUT_DIR [--model_name NAME]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from minilmv2 import glue
 from minilmv2.errors import UsageError, exit_on_usage_error
+from minilmv2.scoring import sentence_tasks
 
 RUN_RECORD = "sweep_run.json"
 # SQuAD tasks (hf_run_squad.py): ranked by F1, with exact match shown beside it; their files under SQUAD_DIR.
@@ -72,7 +72,7 @@ def main_metric(task: str) -> str:
     """The metric a task is ranked by; accuracy for tasks we do not know (csv/json runs)."""
     if task in SQUAD_TASKS:
         return SQUAD_TASKS[task][0]
-    spec = glue.TASKS.get(task)
+    spec = sentence_tasks.TASKS.get(task)
     return spec.main_metric if spec else "accuracy"
 
 
@@ -247,7 +247,7 @@ def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: st
     average = average_score(bests)
     scored = [b for b in bests if b.score is not None]
     average_note = "" if len(scored) == len(bests) else f" (over {len(scored)} of {len(bests)} tasks)"
-    benchmark = "GLUE dev" if any(b.task in glue.GLUE_TASKS for b in bests) else "Dev"
+    benchmark = "GLUE dev" if any(b.task in sentence_tasks.GLUE_TASKS for b in bests) else "Dev"
     lines = [f"# {benchmark} results: {model_name}", ""]
     # SQuAD tasks take two columns, F1 then EM (the average uses F1, each task's main metric).
     headers, cells = [], []
@@ -365,7 +365,7 @@ def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: st
     (read and checked for their layout and version) or, with SQUAD_DIR unset, the hub.
     Checking once here turns a missing file into one line, not a sweep of failed runs.
     """
-    from minilmv2.hub import hub_offline
+    from minilmv2.hub import hub_offline, offline_switches
 
     offline = hub_offline()
     try:
@@ -374,18 +374,18 @@ def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: st
                 check_squad_task(name, squad_dir, offline)
                 continue
             try:
-                spec = glue.get_task(name)
+                spec = sentence_tasks.get_task(name)
             except UsageError as err:
                 raise UsageError(f"{err}, {', '.join(SQUAD_TASKS)} (SQuAD)") from None
-            if spec.name in glue.OFFLINE_TASKS:
-                glue.offline_task_paths(spec, offline_data_dir or glue.default_offline_data_dir())
+            if spec.name in sentence_tasks.OFFLINE_TASKS:
+                sentence_tasks.offline_task_paths(spec, offline_data_dir or sentence_tasks.default_offline_data_dir())
             elif glue_dir:
-                glue.glue_tsv_paths(spec, glue_dir, ["train", *spec.eval_splits])
+                sentence_tasks.glue_tsv_paths(spec, glue_dir, ["train", *spec.eval_splits])
             elif offline:
                 raise UsageError(
-                    f"task {spec.name!r} needs GLUE data, but GLUE_DIR is not set and HF_HUB_OFFLINE is on "
-                    "(or TRANSFORMERS_OFFLINE); set GLUE_DIR to the GLUE TSV root (SST-2/, MRPC/, ...) or unset "
-                    "both to use the hub"
+                    f"task {spec.name!r} needs GLUE data, but GLUE_DIR is not set and the hub is offline "
+                    f"({offline_switches()}); set GLUE_DIR to the GLUE TSV root (SST-2/, MRPC/, ...) or unset "
+                    "the offline switch to use the hub"
                 )
     except UsageError as err:  # glue names hf_run_evaluation.py's options; the sweep is set by variables
         message = str(err).replace("--glue_dir", "GLUE_DIR").replace("--offline_data_dir", "OFFLINE_DATA_DIR")
@@ -394,13 +394,15 @@ def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: st
 
 def check_squad_task(task: str, squad_dir: str, offline: bool) -> None:
     """UsageError unless SQUAD_DIR holds the task's train and dev files, in the right SQuAD version."""
-    from minilmv2 import squad
+    from minilmv2.hub import offline_switches
+    from minilmv2.scoring import squad
 
     if not squad_dir:
         if offline:
             raise UsageError(
-                f"task {task!r} needs SQuAD data, but SQUAD_DIR is not set and HF_HUB_OFFLINE is on; set SQUAD_DIR "
-                f"to the folder holding {' and '.join(SQUAD_FILES[task])}, or unset both to use the hub"
+                f"task {task!r} needs SQuAD data, but SQUAD_DIR is not set and the hub is offline "
+                f"({offline_switches()}); set SQUAD_DIR to the folder holding {' and '.join(SQUAD_FILES[task])}, "
+                "or unset the offline switch to use the hub"
             )
         return
     if not Path(squad_dir).is_dir():
@@ -419,7 +421,7 @@ def check_squad_task(task: str, squad_dir: str, offline: bool) -> None:
 def check_sweep_model(model_dir: str) -> None:
     """run_eval.sh's pre-check of MODEL_DIR: a config.json *and* weights (a config alone would fine-tune a
     randomly initialised model and report its score as the student's)."""
-    from minilmv2.finetune_checks import check_model_dir
+    from minilmv2.scoring.finetune_checks import check_model_dir
 
     check_model_dir(model_dir, "MODEL_DIR", need_weights=True)
 

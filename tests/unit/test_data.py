@@ -28,6 +28,7 @@ from minilmv2.data import (
     read_unit,
 )
 from minilmv2.errors import UsageError
+from minilmv2.hub import OFFLINE_VARIABLES, offline_switches
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +121,23 @@ def test_network_corpus_is_refused_at_start_up_when_offline_is_set(tmp_path, mon
     path.write_text(json.dumps(content))
     load_corpus_config(path)  # online: accepted (read when the stream starts)
     monkeypatch.setattr(*switch, True)  # HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) / HF_DATASETS_OFFLINE set
-    with pytest.raises(UsageError, match="from the network, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set") as caught:
+    for name in OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")
+    refusal = r"from the network, but the hub is offline \(TRANSFORMERS_OFFLINE=yes\)"
+    with pytest.raises(UsageError, match=refusal) as caught:
         load_corpus_config(path)
     assert "\n" not in str(caught.value)
+
+
+def test_offline_switches_names_what_the_user_set(monkeypatch):
+    for name in OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert offline_switches() == "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE or HF_DATASETS_OFFLINE is on"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # set, but off
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "ON")
+    assert offline_switches() == "TRANSFORMERS_OFFLINE=ON, HF_DATASETS_OFFLINE=1"
 
 
 def test_missing_config_file_is_refused(tmp_path):
@@ -400,7 +415,7 @@ def test_memory_stays_bounded_on_a_single_long_line(tmp_path, tokenizer):
     import sys
 
     tokenizer.save_pretrained(tmp_path / "tokenizer")
-    script = Path(__file__).resolve().parents[1] / "bench" / "bench_long_line.py"
+    script = Path(__file__).resolve().parents[2] / "bench" / "bench_long_line.py"
     command = [sys.executable, str(script), "--megabytes", "1", "--tokenizer", str(tmp_path / "tokenizer")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

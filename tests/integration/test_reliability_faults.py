@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpus_config, write_tiny_teacher
 
+from minilmv2.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, parameters_sha256
 from minilmv2.launch import LOCK_NAME, acquire_output_lock, check_output_lock, release_output_lock
 from minilmv2.run_distillation import main
-from minilmv2.training import COMPLETE_MARKER, last_complete_checkpoint, parameters_sha256
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

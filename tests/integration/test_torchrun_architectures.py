@@ -18,7 +18,7 @@ import pytest
 from fixtures.distill.tiny_teacher import distill_argv, first_lines, tiny_tokenizer, write_corpus_config
 from transformers import AutoModel, ModernBertConfig, ModernBertModel
 
-from minilmv2.training import COMPLETE_MARKER, parameters_sha256
+from minilmv2.checkpoints import COMPLETE_MARKER, parameters_sha256
 
 STEPS = 3
 

@@ -22,8 +22,8 @@ import torch
 from fixtures.glue.offline_raw import write_bbc_folders
 from fixtures.glue.tiny_bert import write_tiny_bert
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GLUE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GLUE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "glue"
 
 
 def load_script():

@@ -13,7 +13,7 @@ from test_distiller import batch_for, tiny_pair
 
 from minilmv2 import MiniLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from reference_algorithm import ReferenceMiniLM  # noqa: E402
 
 

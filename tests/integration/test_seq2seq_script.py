@@ -1,5 +1,5 @@
 """hf_run_seq2seq.py run in-process on a tiny random BERT and the JSON-lines fixture; its start-up refusals;
-the BBC headline pairs of minilmv2.headlines.
+the BBC headline pairs of minilmv2.tools.headlines.
 
 The end-to-end run's ROUGE is checked against rouge-score called here on the predictions file, and a second
 run that only decodes the saved model must reproduce the first run's predictions.
@@ -16,10 +16,11 @@ import pytest
 from fixtures.glue.offline_raw import write_bbc_folders
 from fixtures.glue.tiny_bert import write_tiny_bert
 
-from minilmv2 import glue, headlines
+from minilmv2.scoring import sentence_tasks
+from minilmv2.tools import headlines
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "seq2seq"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "seq2seq"
 TRAIN, DEV = FIXTURES / "train.jsonl", FIXTURES / "dev.jsonl"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -151,8 +152,8 @@ def test_the_hub_dataset_is_refused_offline(tiny_model, tmp_path, capsys, monkey
 def test_headline_pairs_follow_the_bbc_news_split(tmp_path):
     write_bbc_folders(tmp_path)
     train, dev = headlines.headline_pairs(tmp_path)
-    spec = glue.get_task("bbc_news")
-    topic_train, topic_dev = glue.load_offline_task(spec, tmp_path).values()
+    spec = sentence_tasks.get_task("bbc_news")
+    topic_train, topic_dev = sentence_tasks.load_offline_task(spec, tmp_path).values()
     assert [f"{p['tgt']} {p['src']}" for p in dev] == topic_dev["text"]
     assert [f"{p['tgt']} {p['src']}" for p in train] == topic_train["text"]  # no body in both here
     assert dev[0]["tgt"].startswith(tuple(["Business", "entertainment", "politics", "sports", "tech"]))

@@ -20,17 +20,17 @@ import torch
 from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpus_config, write_tiny_teacher
 from safetensors.torch import load_file
 
-from minilmv2.errors import UsageError
-from minilmv2.run_distillation import main
-from minilmv2.training import (
+from minilmv2.checkpoints import (
     COMPLETE_MARKER,
-    StopSignal,
     export_student,
     last_complete_checkpoint,
     parameters_sha256,
     rotate_complete_checkpoints,
     validate_checkpoint,
 )
+from minilmv2.errors import UsageError
+from minilmv2.run_distillation import main
+from minilmv2.trainer import StopSignal
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -417,10 +417,10 @@ def test_resuming_after_the_corpus_changed_says_so_before_any_model_loads(setup,
 
 def test_save_total_limit_deletes_old_checkpoints_only_once_the_new_one_is_complete(setup, tmp_path, monkeypatch):
     """A crash between the Trainer's save and the completion marker must leave the previous complete checkpoint."""
-    import minilmv2.training as training
+    import minilmv2.trainer as trainer
 
     calls = {"n": 0}
-    real_fingerprint = training.parameters_sha256
+    real_fingerprint = trainer.parameters_sha256
 
     def crash_on_third_save(model):
         calls["n"] += 1
@@ -428,7 +428,7 @@ def test_save_total_limit_deletes_old_checkpoints_only_once_the_new_one_is_compl
             raise RuntimeError("simulated crash while saving checkpoint-3")
         return real_fingerprint(model)
 
-    monkeypatch.setattr(training, "parameters_sha256", crash_on_third_save)
+    monkeypatch.setattr(trainer, "parameters_sha256", crash_on_third_save)
     out = tmp_path / "out"
     argv = distill_argv(setup["teacher"], setup["train"], out, max_steps=3,
                         training=("--save_steps", "1", "--save_total_limit", "1"))  # fmt: skip
@@ -618,7 +618,7 @@ def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable, "TEACHER_DIR": str(setup["teacher"]),
            "TRAIN_CONFIG": str(setup["train"]), "OUTPUT_DIR": str(tmp_path / "out"), "LR": "-1",
            "NPROC": "1", "PRECISION": "none"}  # fmt: skip
-    script = Path(__file__).resolve().parents[1] / "run.sh"
+    script = Path(__file__).resolve().parents[2] / "run.sh"
     result = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == "error: LR=-1.0 is not valid; give a positive learning rate such as 6e-4\n"

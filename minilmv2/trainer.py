@@ -25,13 +25,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import signal
-import struct
-import zipfile
 from pathlib import Path
 
 import torch
@@ -40,16 +36,16 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from minilmv2.checkpoints import (
+    CHECKPOINT_PREFIX,
+    COMPLETE_MARKER,
+    DATA_STATE_DIR,
+    STUDENT_DIR,
+    export_student,
+    parameters_sha256,
+    rotate_complete_checkpoints,
+)
 from minilmv2.errors import UsageError
-
-STUDENT_DIR = "student"
-DATA_STATE_DIR = "data_state"
-COMPLETE_MARKER = "checkpoint_complete.json"
-CHECKPOINT_PREFIX = "checkpoint-"
-
-
-class CorruptCheckpointError(UsageError):
-    """A checkpoint that is incomplete or damaged (as opposed to one that does not fit this run)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,37 +54,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int, loss: float):
         super().__init__(f"the distillation loss became {loss} at step {step}")
         self.step, self.loss = step, loss
-
-
-def export_student(student: torch.nn.Module, tokenizer, target: str | os.PathLike) -> Path:
-    """Write `student` + `tokenizer` to `target` (loadable by AutoModel/AutoTokenizer), never half-written.
-
-    Everything is written (and fsynced) to a scratch folder beside `target` and renamed into place, so
-    `target` never holds a mix of old and new files. Replacing an existing export takes two renames (POSIX
-    cannot swap a non-empty folder in one): between them `target` does not exist and the previous export
-    lies beside it as `.<name>.previous-<pid>`. Resuming never reads this export (checkpoints hold their own).
-    """
-    target = Path(target)
-    scratch = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        student.save_pretrained(scratch, safe_serialization=True)
-        tokenizer.save_pretrained(scratch)
-        for file in scratch.iterdir():  # the data must be on disk before the rename makes it visible
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    if target.exists():
-        previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(target, previous)
-        os.replace(scratch, target)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        os.replace(scratch, target)
-    return target
 
 
 def resident_memory_mb() -> float:
@@ -300,192 +265,3 @@ class DistillationTrainer(Trainer):
             marker = {"global_step": self.state.global_step, "world_size": self.args.world_size}
             (checkpoint / COMPLETE_MARKER).write_text(json.dumps(marker))
             rotate_complete_checkpoints(run_dir, save_total_limit, self.state.best_model_checkpoint)
-
-
-def parameters_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes, in state-dict order: equal iff the weights are bitwise equal."""
-    return tensors_sha256(model.state_dict().items())
-
-
-def tensors_sha256(named_tensors) -> str:
-    """SHA-256 of (name, tensor) pairs in the given order (names and raw bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in named_tensors:
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def student_fingerprint_problem(checkpoint: str | os.PathLike) -> str | None:
-    """Why `checkpoint`'s student weights differ from the sha256 its ranks recorded when saving, or None.
-
-    Catches bytes changed at the right file size, which the header checks cannot. The hash runs in the
-    student's state-dict order, which a weightless (meta-device) model of the saved config gives.
-    """
-    from transformers import AutoConfig, AutoModel
-
-    checkpoint = Path(checkpoint)
-    try:
-        expected = json.loads((checkpoint / DATA_STATE_DIR / "rank-0.json").read_text()).get("student_sha256")
-    except (OSError, ValueError, AttributeError):
-        return None  # the stream position checks report a missing or unreadable record
-    if not expected:
-        return None
-    try:
-        config = AutoConfig.from_pretrained(checkpoint / STUDENT_DIR)
-        with torch.device("meta"):
-            names = list(AutoModel.from_config(config).state_dict())
-        weights = load_file(checkpoint / STUDENT_DIR / "model.safetensors")
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        return f"{STUDENT_DIR}/ cannot be read ({err.__class__.__name__})"
-    if sorted(names) != sorted(weights):
-        return f"{STUDENT_DIR}/model.safetensors does not hold the parameters of its config"
-    if tensors_sha256((name, weights[name]) for name in names) != expected:
-        return f"{STUDENT_DIR}/model.safetensors does not match the sha256 recorded when it was saved (bytes changed)"
-    return None
-
-
-# ---- checkpoint discovery and validation (run before any model is loaded) ----
-
-
-def checkpoint_step(path: Path) -> int:
-    try:
-        return int(path.name[len(CHECKPOINT_PREFIX) :])
-    except ValueError:
-        return -1
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The highest-step `checkpoint-N` in `output_dir` whose save finished, or None."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    candidates = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and checkpoint_step(p) >= 0]
-    complete = [p for p in candidates if (p / COMPLETE_MARKER).is_file()]
-    return max(complete, key=checkpoint_step) if complete else None
-
-
-def rotate_complete_checkpoints(
-    output_dir: str | os.PathLike, save_total_limit: int | None, keep: str | os.PathLike | None = None
-) -> list[Path]:
-    """Delete the oldest complete checkpoints until `save_total_limit` complete ones remain; returns them.
-
-    Only complete checkpoints older than the newest complete one are candidates: an incomplete one (a save
-    that crashed, or one being written) is never deleted nor counted, and neither is `keep` (the best model).
-    """
-    if not save_total_limit or save_total_limit <= 0:
-        return []
-    root = Path(output_dir)
-    complete = sorted(
-        (p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p) >= 0 and (p / COMPLETE_MARKER).is_file()),
-        key=checkpoint_step,
-    )
-    protected = {Path(keep).resolve()} if keep else set()
-    deleted = []
-    for path in complete[:-1]:
-        if len(complete) - len(deleted) <= save_total_limit:
-            break
-        if path.resolve() not in protected:
-            shutil.rmtree(path, ignore_errors=True)
-            deleted.append(path)
-    return deleted
-
-
-def validate_checkpoint(
-    checkpoint: str | os.PathLike,
-    world_size: int,
-    restore_data: bool,
-    train_config=None,
-    stream_options: dict | None = None,
-    verify_student: bool = True,
-) -> None:
-    """UsageError naming what is missing or damaged in `checkpoint`, so a resume never dies half-way.
-
-    Damage (incomplete, truncated, bytes changed) raises `CorruptCheckpointError`, a checkpoint that does not
-    fit this run (world size, corpus, stream values) a plain `UsageError`.
-
-    The student's weights must match the sha256 recorded when they were saved (`verify_student`). With
-    `restore_data`, every rank's saved stream position must exist and, given the run's `train_config` (a
-    `CorpusConfig`) and `stream_options` (`TokenStream.options()`), belong to the same corpus split the same way
-    and to a stream that yields the same sequences.
-    """
-    from minilmv2.data import rank_units, stream_state_mismatch, unit_records
-
-    checkpoint = Path(checkpoint)
-    advice = "resume from an earlier checkpoint or start afresh"
-    if not checkpoint.is_dir():
-        raise UsageError(f"checkpoint {checkpoint} does not exist")
-    if not (checkpoint / COMPLETE_MARKER).is_file():
-        raise CorruptCheckpointError(
-            f"checkpoint {checkpoint} is incomplete (no {COMPLETE_MARKER}: the run stopped while saving it); {advice}"
-        )
-    for name in ("trainer_state.json", COMPLETE_MARKER):
-        try:
-            json.loads((checkpoint / name).read_text())
-        except (OSError, ValueError) as err:
-            raise CorruptCheckpointError(
-                f"checkpoint {checkpoint} is corrupt: {name} cannot be read ({err}); {advice}"
-            ) from None
-    for name in (f"{STUDENT_DIR}/config.json", f"{STUDENT_DIR}/model.safetensors", "optimizer.pt", "scheduler.pt"):
-        if not (checkpoint / name).is_file():
-            raise CorruptCheckpointError(f"checkpoint {checkpoint} is incomplete: {name} is missing; {advice}")
-    problem = safetensors_problem(checkpoint / STUDENT_DIR / "model.safetensors")
-    for name in ("optimizer.pt", "scheduler.pt"):
-        problem = problem or torch_file_problem(checkpoint / name)
-    if not problem and verify_student:
-        problem = student_fingerprint_problem(checkpoint)
-    if problem:
-        raise CorruptCheckpointError(f"checkpoint {checkpoint} is corrupt: {problem}; {advice}")
-    if restore_data:
-        saved_world = json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("world_size")
-        if saved_world != world_size:
-            raise UsageError(
-                f"checkpoint {checkpoint} was written by {saved_world} process(es) but this run has {world_size}; "
-                f"resume with {saved_world}, or pass --ignore_data_skip to restart the data stream"
-            )
-        for rank in range(world_size):
-            state_file = checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
-            try:
-                state = json.loads(state_file.read_text())["stream"]
-                state.get("units")
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                raise CorruptCheckpointError(
-                    f"checkpoint {checkpoint} is corrupt: {state_file.relative_to(checkpoint)} is missing or "
-                    f"unreadable; {advice}, or pass --ignore_data_skip to restart the data stream"
-                ) from None
-            if train_config is not None:
-                units = unit_records(rank_units(train_config, rank, world_size))
-                problem = stream_state_mismatch(state, units, world_size, stream_options)
-                if problem:
-                    raise UsageError(
-                        f"checkpoint {checkpoint}: the saved stream position of rank {rank} does not fit this run: "
-                        f"{problem}; resume with the checkpoint's corpus config and values, or pass "
-                        "--ignore_data_skip to restart the data stream"
-                    )
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why a .safetensors file is truncated or malformed, or None: its header must describe every byte."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            (header_length,) = struct.unpack("<Q", handle.read(8))
-            if header_length > size - 8:
-                return f"{path.name} is truncated ({size} bytes, header claims {header_length})"
-            header = json.loads(handle.read(header_length))
-    except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
-        return f"{path.name} is unreadable ({err.__class__.__name__})"
-    data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_length + data_end != size:
-        return f"{path.name} is truncated or padded ({size} bytes, expected {8 + header_length + data_end})"
-    return None
-
-
-def torch_file_problem(path: Path) -> str | None:
-    """Why a torch.save (zip) file is truncated or damaged, or None (checks every member's CRC)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
-        return f"{path.name} is truncated or not a torch file ({err.__class__.__name__})"
-    return f"{path.name} is damaged (bad CRC in {bad})" if bad else None

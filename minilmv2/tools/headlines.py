@@ -1,9 +1,9 @@
 """`make headlines`: BBC News headline generation, offline, distilled student vs random student vs teacher.
 
-    python -m minilmv2.headlines [--output_dir runs/headlines] [--assets .assets] [--student DIR]
+    python -m minilmv2.tools.headlines [--output_dir runs/headlines] [--assets .assets] [--student DIR]
 
 Each BBC News file (the `bbc_news` topic task's raw files) starts with its title line; the task is to
-generate that title from the article body. The split is `bbc_news`'s fixed one (minilmv2/glue.py): an
+generate that title from the article body. The split is `bbc_news`'s fixed one (minilmv2/scoring/sentence_tasks.py): an
 article is in dev here exactly when it is in the topic task's dev split (train drops the 6 articles whose
 body, under another title, is also in dev).
 
@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from minilmv2.assets import default_dest
 from minilmv2.errors import UsageError, exit_on_usage_error
+from minilmv2.tools.assets import default_dest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------------------
 # HEADLINE VALUES: the hf_run_seq2seq.py arguments, the same for the three models. Edit here.
@@ -77,15 +77,15 @@ def title_and_body(raw_text: str) -> tuple[str, str] | None:
 def headline_pairs(tasks_dir: str | Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(train, dev) lists of {src: body, tgt: title} in the order of bbc_news's fixed split.
 
-    glue.split_offline_examples normalises whitespace (which joins the title to the body), so each split
+    sentence_tasks.split_offline_examples normalises whitespace (which joins the title to the body), so each split
     text is mapped back to its raw file to recover the title line.
     """
-    from minilmv2 import glue
+    from minilmv2.scoring import sentence_tasks
 
-    spec = glue.get_task("bbc_news")
-    texts, labels = glue.read_offline_examples(spec, tasks_dir)
+    spec = sentence_tasks.get_task("bbc_news")
+    texts, labels = sentence_tasks.read_offline_examples(spec, tasks_dir)
     raw_of = {" ".join(text.split()): text for text in texts}
-    train, dev = glue.split_offline_examples(texts, labels)
+    train, dev = sentence_tasks.split_offline_examples(texts, labels)
 
     def pairs(split):
         out = []
@@ -121,7 +121,7 @@ def lead_baseline(train: list[dict[str, str]], dev: list[dict[str, str]]) -> dic
 
 def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None) -> Path:
     """The distilled student to score: --student, else make quickstart's if current, else a new one."""
-    from minilmv2 import quickstart
+    from minilmv2.tools import quickstart
 
     if given is not None:
         return given
@@ -168,7 +168,7 @@ def finished_distillation(distill_dir: Path) -> bool:
 
 def distillation_values() -> dict[str, str]:
     """The quickstart's run.sh values, unchanged (the same distillation as `make quickstart`)."""
-    from minilmv2 import quickstart
+    from minilmv2.tools import quickstart
 
     return dict(quickstart.DISTILLATION)
 
@@ -188,7 +188,7 @@ def timed_stage(out_dir: Path, title: str, command: list[str], env_values: dict[
 
 
 def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], parameters: dict[str, float]) -> Path:
-    from minilmv2.quickstart import machine_description
+    from minilmv2.tools.quickstart import machine_description
 
     seconds = json.loads((out_dir / TIMES_FILE).read_text())
     lines = [
@@ -232,7 +232,7 @@ def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
-    from minilmv2 import quickstart
+    from minilmv2.tools import quickstart
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=Path("runs/headlines"))
