@@ -34,21 +34,21 @@ apply the LM head on target slots only, which bypasses a DDP wrapper.
 from __future__ import annotations
 
 import json
+import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The model/path checks are hf_run_evaluation.py's; it sits next to this script, which may be run from
-# anywhere or loaded by path in the tests.
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hf_run_evaluation import check_model_dir, find_tokenizer_files, refuse_load_errors  # noqa: E402
-from minilmv2.errors import UsageError, exit_on_usage_error, one_line  # noqa: E402
+from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 from minilmv2.hub import hub_offline, offline_switches  # noqa: E402
+from minilmv2.scoring.finetune_checks import (  # noqa: E402
+    check_model_dir,
+    find_tokenizer_files,
+    parse_script_arguments,
+    refuse_load_errors,
+)
 
 FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
 PREDICTIONS_FILE = "generated_predictions.txt"
@@ -115,28 +115,9 @@ class GenerationArguments:
 
 def parse_arguments(argv: list[str] | None):
     """(ModelArguments, DataArguments, GenerationArguments, TrainingArguments) from argv or one .json file."""
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import TrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, GenerationArguments, TrainingArguments))
-
-    def refuse(message: str):  # argparse would print the whole usage; we print one line
-        raise UsageError(message)
-
-    parser.error = refuse
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if len(argv) == 1 and argv[0].endswith(".json"):
-            if not Path(argv[0]).is_file():
-                raise UsageError(f"argument file {argv[0]!r} does not exist")
-            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-        *arguments, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-        if unknown:
-            raise UsageError(f"unknown argument(s) {' '.join(unknown)}; see --help for the valid ones")
-        return tuple(arguments)
-    except UsageError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise UsageError(one_line(err)) from None
+    return parse_script_arguments((ModelArguments, DataArguments, GenerationArguments, TrainingArguments), argv)
 
 
 def read_jsonl(path: str | Path, option: str) -> list[dict[str, str]]:
@@ -343,6 +324,27 @@ def generate(s2s, features, settings, batch_size: int, tokenizer, bf16: bool) ->
     return texts
 
 
+def target_cross_entropy(s2s, features, batch_size: int, bf16: bool) -> float:
+    """Mean cross-entropy per target token (incl. the final [SEP]) of the references, teacher-forced as in training.
+
+    Every token weighs the same whatever its batch: each batch's mean is weighted by its count of target tokens.
+    """
+    import torch
+
+    device = next(s2s.model.parameters()).device
+    s2s.model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(features), batch_size):
+            chunk = features[start : start + batch_size]
+            batch = s2s.batch([f["source_ids"] for f in chunk], [f["target_ids"] for f in chunk])
+            batch = {key: value.to(device) for key, value in batch.items()}
+            count = int((batch["labels"] != -100).sum())
+            total += float(s2s.loss(batch)) * count
+            tokens += count
+    return total / max(tokens, 1)
+
+
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the script; returns the metrics written to all_results.json."""
@@ -426,7 +428,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         (output_dir / PREDICTIONS_FILE).write_text("".join(text + "\n" for text in predictions), encoding="utf-8")
         references = [" ".join(example["tgt"].split()) for example in eval_examples]
         eval_metrics = score(predictions, references, metric_names(gen_args))
+        # The references' likelihood: finer than ROUGE when the models barely differ in what they decode.
+        eval_loss = target_cross_entropy(s2s, eval_features, gen_args.decode_batch_size, training_args.bf16)
         eval_metrics.update(
+            eval_loss=round(eval_loss, 4),
+            eval_perplexity=round(math.exp(min(eval_loss, 700.0)), 2),
             eval_samples=len(eval_examples),
             eval_decode_seconds=round(seconds, 2),
             eval_mean_prediction_words=round(sum(len(p.split()) for p in predictions) / max(len(predictions), 1), 2),

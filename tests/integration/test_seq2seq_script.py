@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from fixtures.glue.offline_raw import write_bbc_folders
 from fixtures.glue.tiny_bert import write_tiny_bert
 
@@ -66,6 +68,7 @@ def test_end_to_end_train_decode_score_and_reload(tiny_model, tmp_path):
     train_args = ["--do_train", "--do_eval", "--num_train_epochs", "12", "--learning_rate", "3e-3"]
     train_args += ["--per_device_train_batch_size", "8", "--save_strategy", "no", "--logging_steps", "6"]
     decode_args = ["--beam_size", "3", "--forbid_duplicate_ngrams", "--forbid_ignore_word", "."]
+    decode_args += ["--decode_batch_size", "5"]  # several batches of unequal target lengths: eval_loss weighs tokens
     results = script.main(base_args(tiny_model, out, *train_args, *decode_args))
 
     dev = [json.loads(line) for line in DEV.read_text().splitlines()]
@@ -90,6 +93,24 @@ def test_end_to_end_train_decode_score_and_reload(tiny_model, tmp_path):
     again = tmp_path / "decode_only"
     script.main(base_args(out, again, "--do_eval", *decode_args))
     assert (again / "generated_predictions.txt").read_text().splitlines() == predictions
+
+    # eval_loss: the references' mean cross-entropy per target token; here one example at a time.
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from minilmv2.scoring.seq2seq import Seq2SeqLM, SpecialIds
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    special = SpecialIds.from_tokenizer(tokenizer)
+    s2s = Seq2SeqLM(AutoModelForMaskedLM.from_pretrained(out, tie_word_embeddings=True).eval(), special)
+    total = tokens = 0.0
+    with torch.no_grad():
+        for feature in script.encode(tokenizer, dev, 20, 8, special):
+            batch = s2s.batch([feature["source_ids"]], [feature["target_ids"]])
+            total += float(s2s.loss(batch)) * len(feature["target_ids"])
+            tokens += len(feature["target_ids"])
+    assert on_disk["eval_loss"] == pytest.approx(total / tokens, abs=2e-4)
+    assert on_disk["eval_perplexity"] == pytest.approx(math.exp(on_disk["eval_loss"]), rel=1e-3)
+    assert json.loads((again / "eval_results.json").read_text())["eval_loss"] == on_disk["eval_loss"]
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
