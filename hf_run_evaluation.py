@@ -38,6 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from minilmv2.arguments import parse_script_arguments  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line  # noqa: E402, F401 (one_line: its tests call it)
 from minilmv2.scoring import sentence_tasks  # noqa: E402
 from minilmv2.scoring.finetune_checks import (  # noqa: E402
@@ -45,7 +46,6 @@ from minilmv2.scoring.finetune_checks import (  # noqa: E402
     check_model_dir,
     check_training_values,
     find_tokenizer_files,
-    parse_script_arguments,
     refuse_load_errors,
 )
 

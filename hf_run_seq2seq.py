@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from minilmv2.arguments import parse_script_arguments  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 from minilmv2.hub import hub_offline, offline_switches  # noqa: E402
 from minilmv2.scoring.finetune_checks import (  # noqa: E402
     check_model_dir,
     find_tokenizer_files,
-    parse_script_arguments,
     refuse_load_errors,
 )
 

@@ -40,6 +40,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+from minilmv2.arguments import parse_script_arguments  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 from minilmv2.scoring import squad  # noqa: E402
 from minilmv2.scoring.finetune_checks import (  # noqa: E402
@@ -47,7 +48,6 @@ from minilmv2.scoring.finetune_checks import (  # noqa: E402
     check_model_dir,
     check_training_values,
     find_tokenizer_files,
-    parse_script_arguments,
     refuse_load_errors,
 )
 

@@ -18,14 +18,21 @@ def hub_offline() -> bool:
 
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+_TRUE = {"1", "ON", "YES", "TRUE"}  # the words huggingface_hub and datasets read as true
 
 
 def offline_switches() -> str:
-    """For messages when `hub_offline()`: the variables that the user set, e.g. "HF_HUB_OFFLINE=1"."""
+    """For messages when `hub_offline()`: the variables that made it so, as the user set them ("HF_HUB_OFFLINE=1").
+
+    The libraries' precedence: huggingface_hub reads HF_HUB_OFFLINE when it is set and not empty, else
+    TRANSFORMERS_OFFLINE; datasets reads HF_DATASETS_OFFLINE when it is set, else the hub's answer.
+    """
     import os
 
-    # huggingface_hub and datasets read these words as true.
-    on = [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}]
+    hub_variable = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    on = [hub_variable] if os.environ.get(hub_variable, "").upper() in _TRUE else []
+    if os.environ.get("HF_DATASETS_OFFLINE", "").upper() in _TRUE:
+        on.append("HF_DATASETS_OFFLINE")
     if on:
         return ", ".join(f"{name}={os.environ[name]}" for name in on)
     return " or ".join(OFFLINE_VARIABLES) + " is on"

@@ -116,8 +116,8 @@ def _logit_gradient(
     TEACHER_DOT: tl.constexpr,
     STUDENT_DOT: tl.constexpr,
 ):
-    """d loss / d (student logits / sqrt(d_s)) of one tile: w_row (q - p) / sqrt(d_s), p and q recomputed from
-    the row log-sum-exps that the forward stored."""
+    """d loss / d (s_left . s_right) of one tile, the raw dot before its 1/sqrt(d_s) scale: w_row (q - p) / sqrt(d_s),
+    p and q recomputed from the row log-sum-exps that the forward stored."""
     t, s = _masked_logits(
         t_left, t_right, s_left, s_right, key_ok, teacher_scale, student_scale, TEACHER_DOT, STUDENT_DOT
     )

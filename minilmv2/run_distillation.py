@@ -144,7 +144,7 @@ def parse_args(argv: list[str]):
     import torch
     from transformers import TrainingArguments
 
-    from minilmv2.scoring.finetune_checks import parse_script_arguments
+    from minilmv2.arguments import parse_script_arguments
 
     argv = [arg for arg in argv if arg not in GROUPS and arg != "--"]
     unless_given = {}

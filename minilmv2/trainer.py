@@ -6,12 +6,13 @@
   `accelerator.prepare` would shard it a second time (accelerate 1.15 wraps any torch IterableDataset in
   `IterableDatasetShard`, or, with the default `dispatch_batches`, has rank 0 read everything) and lose
   data. The loader has no workers, so the stream's position is exactly what the optimizer has consumed.
-- Checkpoints keep the Trainer layout (`checkpoint-N/` with trainer_state.json, optimizer, scheduler, RNG)
-  but hold the student export in `checkpoint-N/student/` (config, safetensors, tokenizer) instead of the
-  distiller, so no second copy of the frozen teacher; plus `data_state/rank-R.json` (the stream position)
-  and, written last, `checkpoint_complete.json`. Resuming loads the student back from `student/`.
-  `--save_total_limit` deletes old checkpoints only after the new one is complete, and only complete
-  ones older than it, so a crash while saving never leaves the run without a complete checkpoint.
+- Checkpoints (their files: `minilmv2.checkpoints`) keep the Trainer layout (`checkpoint-N/` with
+  trainer_state.json, optimizer, scheduler, RNG) but hold the student export in `checkpoint-N/student/`
+  (config, safetensors, tokenizer) instead of the distiller, so no second copy of the frozen teacher; plus
+  `data_state/rank-R.json` (the stream position) and, written last, `checkpoint_complete.json`. Resuming
+  loads the student back from `student/`. `--save_total_limit` deletes old checkpoints only after the new
+  one is complete, and only complete ones older than it, so a crash while saving never leaves the run
+  without a complete checkpoint.
 - Every micro-step, all ranks agree (one tiny all-reduce) whether the loss is finite and whether a
   SIGTERM/SIGINT arrived: a non-finite loss stops before the optimizer step (the last checkpoint stays the
   last good one); a signal makes every rank save a checkpoint at the end of the current step and stop.

@@ -1,4 +1,5 @@
-"""Start-up checks shared by the fine-tuning scripts (hf_run_evaluation.py, hf_run_squad.py) and run_eval.sh.
+"""Start-up checks shared by the fine-tuning scripts (hf_run_evaluation.py, hf_run_squad.py, hf_run_seq2seq.py)
+and run_eval.sh.
 
 Everything here reads only flags, configs and file listings, so a bad value costs no model load: each
 failure is one `UsageError` line naming the flag and what would be valid.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 
 from minilmv2.errors import UsageError, one_line
@@ -30,57 +30,6 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
-
-
-def parse_script_arguments(
-    dataclass_types,
-    argv: list[str] | None,
-    renamed: dict[str, str] | None = None,
-    unless_given: dict[str, object] | None = None,
-    **parser_kwargs,
-):
-    """Dataclasses from argv, or from one .json file, through HfArgumentParser; every error is one UsageError.
-
-    renamed: {old flag: advice} for flags of older scripts that no longer exist (--per_gpu_train_batch_size...).
-    unless_given: {field: value} set when neither the command line nor the .json file sets it (values that
-    must be known at parse time, such as TrainingArguments' use_cpu). parser_kwargs go to HfArgumentParser.
-    """
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(dataclass_types, **parser_kwargs)
-
-    def refuse(message: str):  # argparse would print the whole usage; we print one line
-        raise UsageError(message)
-
-    parser.error = refuse
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if len(argv) == 1 and argv[0].endswith(".json"):
-            if not Path(argv[0]).is_file():
-                raise UsageError(f"argument file {argv[0]!r} does not exist")
-            if not unless_given:
-                return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-            try:
-                values = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as err:
-                raise UsageError(f"argument file {argv[0]!r} is not readable JSON ({one_line(err)})") from None
-            if not isinstance(values, dict):
-                raise UsageError(f"argument file {argv[0]!r} must hold one JSON object of option names and values")
-            return parser.parse_dict({**unless_given, **values})
-        for name, value in (unless_given or {}).items():
-            if not any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv):
-                argv = [*argv, f"--{name}", str(value)]
-        *arguments, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-        if unknown:
-            for flag in unknown:
-                if flag.split("=")[0] in (renamed or {}):
-                    raise UsageError(f"{flag.split('=')[0]} is gone: {renamed[flag.split('=')[0]]}")
-            raise UsageError(f"unknown argument(s) {' '.join(unknown)}; see --help for the valid ones")
-        return tuple(arguments)
-    except UsageError:
-        raise
-    except (ValueError, TypeError) as err:  # TrainingArguments.__post_init__ validates its own values
-        raise UsageError(one_line(err)) from None
 
 
 def check_model_dir(name_or_path: str, option: str = "--model_name_or_path", need_weights: bool = False) -> None:

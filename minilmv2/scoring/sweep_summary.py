@@ -387,7 +387,7 @@ def check_sweep_tasks(tasks: list[str], glue_dir: str = "", offline_data_dir: st
                     f"({offline_switches()}); set GLUE_DIR to the GLUE TSV root (SST-2/, MRPC/, ...) or unset "
                     "the offline switch to use the hub"
                 )
-    except UsageError as err:  # glue names hf_run_evaluation.py's options; the sweep is set by variables
+    except UsageError as err:  # sentence_tasks names hf_run_evaluation.py's options; the sweep is set by variables
         message = str(err).replace("--glue_dir", "GLUE_DIR").replace("--offline_data_dir", "OFFLINE_DATA_DIR")
         raise UsageError(" ".join(message.split())) from None
 

@@ -536,7 +536,7 @@ def parse_parts(only: str | None, mpnet: bool = False) -> list[str]:
 def default_dest() -> Path:
     """The one place the assets live: $MINILMV2_ASSETS, else <repo>/.assets (whatever the working directory).
 
-    Everything that reads assets (the GLUE loader's offline tasks, the quickstart, the benchmarks, the tests)
+    Everything that reads assets (sentence_tasks' offline tasks, the quickstart, the benchmarks, the tests)
     calls this, so a fetch and its readers always agree.
     """
     return Path(os.environ.get("MINILMV2_ASSETS", Path(__file__).resolve().parents[2] / ".assets")).resolve()

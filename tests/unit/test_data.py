@@ -134,10 +134,13 @@ def test_offline_switches_names_what_the_user_set(monkeypatch):
     for name in OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert offline_switches() == "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE or HF_DATASETS_OFFLINE is on"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # set, but off
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "ON")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert offline_switches() == "TRANSFORMERS_OFFLINE=ON, HF_DATASETS_OFFLINE=1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # set: huggingface_hub no longer reads TRANSFORMERS_OFFLINE
+    assert offline_switches() == "HF_DATASETS_OFFLINE=1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert offline_switches() == "HF_HUB_OFFLINE=true, HF_DATASETS_OFFLINE=1"
 
 
 def test_missing_config_file_is_refused(tmp_path):
@@ -409,6 +412,7 @@ def test_a_long_line_is_tokenised_in_pieces_to_the_same_tokens_and_resumes_insid
     assert [e["input_ids"] for _, e in zip(range(60), resumed, strict=False)] == continuation
 
 
+@pytest.mark.integration  # runs the benchmark script in a process of its own
 def test_memory_stays_bounded_on_a_single_long_line(tmp_path, tokenizer):
     """A 1 MB line with no newline (the benchmark's case, smaller): peak memory grows by tens of MB, not ~200."""
     import subprocess
