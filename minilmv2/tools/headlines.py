@@ -210,7 +210,12 @@ def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], 
         f"| {lead['eval_rougeL']:.2f} | - | - |"
     )
     total = sum(seconds.values()) / 60
-    distill = sum(value for key, value in seconds.items() if key.startswith("distillation")) / 60
+    distill = [value for key, value in seconds.items() if key.startswith("distillation")]
+    time_line = (
+        f"Time: {total:.1f} min in all (distillation {sum(distill) / 60:.1f} min of it)."
+        if distill
+        else f"Time: {total:.1f} min in all (the distilled student was reused from an earlier run)."
+    )
     markdown = "\n".join(
         [
             "# BBC News headline generation",
@@ -221,7 +226,7 @@ def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], 
             *lines,
             "",
             f"Command: `make headlines`. Machine: {machine_description()}.",
-            f"Time: {total:.1f} min in all (distillation {distill:.1f} min of it).",
+            time_line,
             "",
             "hf_run_seq2seq.py arguments: `" + " ".join(HEADLINE_ARGS) + "`",
             "",

@@ -30,3 +30,8 @@ def test_table_rows_hold_each_model_scores_loss_and_minutes(tmp_path):
     assert "Dev split of bbc_news (212 articles)" in text
     assert "Time: 16.0 min in all (distillation 10.0 min of it)." in text
     assert " ".join(headlines.HEADLINE_ARGS) in text
+
+    del seconds["distillation (run.sh, the quickstart's values)"]  # a reused student: no distillation this run
+    (tmp_path / headlines.TIMES_FILE).write_text(json.dumps(seconds))
+    text = headlines.write_table(tmp_path, scores, lead, parameters).read_text()
+    assert "Time: 6.0 min in all (the distilled student was reused from an earlier run)." in text
