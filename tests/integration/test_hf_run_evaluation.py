@@ -7,12 +7,10 @@ examples read straight from the TSV files, and the metric is worked out with the
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import datasets.config
@@ -21,20 +19,12 @@ import pytest
 import torch
 from fixtures.glue.offline_raw import write_bbc_folders
 from fixtures.glue.tiny_bert import write_tiny_bert
+from fixtures.scripts import load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 GLUE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "glue"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("hf_run_evaluation", REPO_ROOT / "hf_run_evaluation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is being executed
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+script = load_script("hf_run_evaluation")
 
 
 @pytest.fixture(scope="module")

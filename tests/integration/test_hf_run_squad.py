@@ -3,30 +3,20 @@ SQuAD fixture files; reported figures are checked against a re-scoring of predic
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import string
-import sys
 from collections import Counter
 from pathlib import Path
 
 import datasets.config
 import pytest
+from fixtures.scripts import load_script
 from fixtures.squad.tiny_models import SQUAD_FIXTURES, write_tiny_roberta, write_tiny_squad_bert
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("hf_run_squad", REPO_ROOT / "hf_run_squad.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is being executed
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+script = load_script("hf_run_squad")
 
 V2_KEYS = {
     "eval_exact",

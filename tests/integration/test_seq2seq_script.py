@@ -7,36 +7,26 @@ run that only decodes the saved model must reproduce the first run's predictions
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from fixtures.glue.offline_raw import write_bbc_folders
 from fixtures.glue.tiny_bert import write_tiny_bert
+from fixtures.scripts import load_script
 
 from minilmv2.scoring import sentence_tasks
 from minilmv2.tools import headlines
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "seq2seq"
 TRAIN, DEV = FIXTURES / "train.jsonl", FIXTURES / "dev.jsonl"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("hf_run_seq2seq", REPO_ROOT / "hf_run_seq2seq.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is being executed
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+script = load_script("hf_run_seq2seq")
 
 
 @pytest.fixture(scope="module")
