@@ -115,14 +115,16 @@ def checkpoint_step(path: Path) -> int:
         return -1
 
 
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders in `output_dir` whose save finished (completion marker written), oldest first."""
+    found = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and checkpoint_step(p) >= 0]
+    return sorted((p for p in found if (p / COMPLETE_MARKER).is_file()), key=checkpoint_step)
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The highest-step `checkpoint-N` in `output_dir` whose save finished, or None."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    candidates = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and checkpoint_step(p) >= 0]
-    complete = [p for p in candidates if (p / COMPLETE_MARKER).is_file()]
-    return max(complete, key=checkpoint_step) if complete else None
+    complete = complete_checkpoints(output_dir)
+    return complete[-1] if complete else None
 
 
 def rotate_complete_checkpoints(
@@ -135,11 +137,7 @@ def rotate_complete_checkpoints(
     """
     if not save_total_limit or save_total_limit <= 0:
         return []
-    root = Path(output_dir)
-    complete = sorted(
-        (p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p) >= 0 and (p / COMPLETE_MARKER).is_file()),
-        key=checkpoint_step,
-    )
+    complete = complete_checkpoints(output_dir)
     protected = {Path(keep).resolve()} if keep else set()
     deleted = []
     for path in complete[:-1]:

@@ -505,18 +505,15 @@ def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path |
     """The checkpoint to resume: the given path (checked by `check`), or for `latest` the newest one that is
     complete and intact, each damaged one skipped and named with its reason. `check` raises
     `CorruptCheckpointError` for damage and UsageError for a checkpoint that does not fit the run (refused)."""
-    from minilmv2.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, CorruptCheckpointError, checkpoint_step
+    from minilmv2.checkpoints import CorruptCheckpointError, complete_checkpoints
 
     if requested is None:
         return None
     if requested not in LATEST:
         check(Path(requested))
         return Path(requested)
-    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and checkpoint_step(p) >= 0]
     skipped = []
-    for checkpoint in sorted(found, key=checkpoint_step, reverse=True):
-        if not (checkpoint / COMPLETE_MARKER).is_file():
-            continue  # a save that never finished: not a candidate (as before)
+    for checkpoint in reversed(complete_checkpoints(output_dir)):  # a save that never finished is no candidate
         try:
             check(checkpoint)
         except CorruptCheckpointError as err:  # damaged: an older one may be intact (one that does not fit: no)
@@ -667,10 +664,9 @@ def configure_training_args(training_args, has_val: bool) -> None:
 
 def newest_intact_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint whose files and student fingerprint check out, or None."""
-    from minilmv2.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, checkpoint_step, validate_checkpoint
+    from minilmv2.checkpoints import complete_checkpoints, validate_checkpoint
 
-    found = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if (p / COMPLETE_MARKER).is_file()]
-    for checkpoint in sorted(found, key=checkpoint_step, reverse=True):
+    for checkpoint in reversed(complete_checkpoints(output_dir)):
         try:
             validate_checkpoint(checkpoint, 1, restore_data=False)
         except UsageError:
