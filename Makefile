@@ -9,7 +9,7 @@ PIP_INSTALL_ARGS ?=
 MINILMV2_ASSETS ?= $(CURDIR)/.assets
 export MINILMV2_ASSETS
 
-.PHONY: setup assets test test-unit lint format quickstart bench clean headlines
+.PHONY: setup assets test test-unit lint format quickstart bench clean headlines gpu-bundle test-device-image
 
 setup: $(STAMP)
 
@@ -54,5 +54,22 @@ bench: setup assets
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_step.py --compile
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_end_to_end.py
 
+# What a GPU machine needs beside the working tree, < 60 MiB: the packaged teacher in bf16 and the corpus, in the
+# ignored .gpu-bundle/ (send it along; the README's "On a GPU machine" gives the command to run there).
+gpu-bundle: setup assets
+	$(PY) bench/gpu_bundle.py --dest .gpu-bundle
+
+# The GPU machine's package versions (transformers 5.17, huggingface_hub 1.x, triton 3.6; no datasets or evaluate)
+# in .venv-device/, and bench/gpu_check.sh rehearsed there on the CPU. A few minutes; not part of `make test`.
+DEVICE_VENV := .venv-device
+$(DEVICE_VENV)/.installed: requirements-device.txt
+	test -x $(DEVICE_VENV)/bin/python || $(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/python -m pip install -q $(PIP_INSTALL_ARGS) -r requirements-device.txt
+	touch $@
+
+test-device-image: $(DEVICE_VENV)/.installed gpu-bundle
+	rm -rf runs/gpu_check_rehearsal
+	PYTHON=$(DEVICE_VENV)/bin/python MINILMV2_ASSETS=$(CURDIR)/.gpu-bundle bash bench/gpu_check.sh --rehearse runs/gpu_check_rehearsal
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(DEVICE_VENV) .pytest_cache build *.egg-info

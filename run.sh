@@ -30,7 +30,8 @@ set -euo pipefail
 export MINILMV2_VIA_RUN_SH=1
 # Paths are relative to where you run this from; the project's .venv is used when there is one.
 HERE=$(cd "$(dirname "$0")" && pwd)
-PYTHON=${PYTHON:-$( [ -x "$HERE/.venv/bin/python" ] && echo "$HERE/.venv/bin/python" || echo python )}
+# Else python3 (some images, the GPU machine's among them, have no plain `python`), else python.
+PYTHON=${PYTHON:-$( [ -x "$HERE/.venv/bin/python" ] && echo "$HERE/.venv/bin/python" || command -v python3 || echo python )}
 TEACHER_DIR=${TEACHER_DIR:-./model/bert-base-uncased}
 TOKENIZER_DIR=${TOKENIZER_DIR:-$TEACHER_DIR}
 TRAIN_CONFIG=${TRAIN_CONFIG:-./train_config.json}
@@ -112,6 +113,10 @@ if ! [[ "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
     echo "error: NPROC=$NPROC is not a number of processes per node" >&2
     exit 2
 fi
+if ! [[ "$STOP_TIMEOUT" =~ ^[0-9]+$ ]]; then
+    echo "error: STOP_TIMEOUT=$STOP_TIMEOUT must be a whole number of seconds (the workers' time to save on SIGTERM)" >&2
+    exit 2
+fi
 MINILMV2_WORLD_SIZE=$((NPROC * ${NNODES:-1})) "$PYTHON" -m minilmv2.run_distillation "${ARGS[@]}" --validate_only
 
 if [ -n "${NNODES:-}" ] && [ "$NNODES" -gt 1 ]; then
@@ -122,7 +127,7 @@ else
 fi
 echo "launching $NPROC process(es) per node; outputs in $OUTPUT_DIR"
 # minilmv2.launch is torchrun run in-process: on SIGTERM/SIGINT the workers save a checkpoint (within
-# STOP_TIMEOUT seconds) and it exits with 128 + signal, without torchrun's traceback; if it is killed outright
+# STOP_TIMEOUT seconds, on any torch release: torchrun's --shutdown-timeout where it has one) and it exits with 128 + signal, without torchrun's traceback; if it is killed outright
 # (kill -9), its workers notice and exit too. Rank 0 locks OUTPUT_DIR, so a second run there is refused.
-exec "$PYTHON" -m minilmv2.launch "${LAUNCH[@]}" --shutdown-timeout "$STOP_TIMEOUT" --nproc-per-node "$NPROC" \
+exec "$PYTHON" -m minilmv2.launch --stop-timeout "$STOP_TIMEOUT" "${LAUNCH[@]}" --nproc-per-node "$NPROC" \
     -m minilmv2.run_distillation "${ARGS[@]}"

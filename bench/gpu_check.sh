@@ -1,83 +1,200 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 11 in one go, for a session that has a CUDA GPU (everything else runs without one):
-#   1. tests   exactness of the relation loss on cuda: the Triton kernel ("auto" there) and the chunked PyTorch
-#              path against the float64 per-sample reference, the kernel against the PyTorch path (pairs, padding,
-#              dtypes, head sizes), the distiller with each kernel, and the benchmark's baseline;
-#   2. bench   bench/bench_step.py on a 12 x 768 BERT-base-shaped random teacher -> 6 x 384 student, A_r 48, bf16,
-#              S = 512, batch 64: step time, TFLOP/s, MFU and peak memory of the reference algorithm and of minilmv2
-#              with each relation kernel; the relation loss alone per kernel; the largest batch each fits;
-#   3. e2e     `bash run.sh` end to end with the packaged 6 x 384 teacher (one process, nccl, bf16), once per
-#              relation kernel, printing tokens/s.
+# The GPU check: exactness on cuda, the relation kernel and the whole step against the reference algorithm, host
+# syncs per training step, and run.sh end to end, with the figures the README's GPU table needs.
 #
-#   bash bench/gpu_check.sh              # all three (about 10 minutes on an H100/H200)
-#   bash bench/gpu_check.sh tests e2e    # some of them
+#   bash bench/gpu_check.sh RESULTS_DIR [PHASE ...]              # on a CUDA GPU (about 5 minutes on an H100/H200)
+#   bash bench/gpu_check.sh --rehearse RESULTS_DIR [PHASE ...]   # every phase on the CPU with tiny shapes (tests)
 #
-# Logs go to $GPU_CHECK_OUT (default ./gpu_check_out); a summary of the figures is printed at the end.
-# Needs the assets (`make assets`, or MINILMV2_ASSETS pointing at them) and triton; works offline.
+# Phases, in this order when none is named (each also runs alone):
+#   tests     the exactness tests on cuda: the Triton kernel and the chunked PyTorch path against the float64
+#             per-sample reference (pairs, padding sides, dtypes, head sizes), the distiller with each kernel,
+#             and the benchmark's reference algorithm
+#   relation  the relation loss alone (3 pairs, forward + backward) per kernel: 64 x 512 states of a 12 x 768
+#             teacher and a 6 x 384 student, A_r 48, bf16 (bench/bench_step.py)
+#   step      one distillation step, 12 x 768 teacher (random weights from a seed) -> 6 x 384, A_r 48, bf16
+#             autocast, batch 64 x 512: time, tokens/s, TFLOP/s, MFU (790 measured / 989.4 data-sheet peak) and
+#             peak memory of the reference algorithm and of minilmv2 with each relation kernel
+#   syncs     synchronizing CUDA calls per training step of the real loop (bench/count_syncs.py)
+#   e2e       `bash run.sh` end to end with the packaged 6 x 384 teacher (bf16), once per relation kernel
+#   largest   (only when named) the largest batch each implementation fits, doubling from 64
+#
+# RESULTS_DIR receives at most 8 files, written as each phase runs (a command stopped at a time limit still
+# leaves them): summary.txt and one .log per phase. Run outputs go to $GPU_CHECK_WORK (default: a fresh
+# temporary folder). The teacher and corpus come from $MINILMV2_ASSETS, else ./.gpu-bundle (`make gpu-bundle`,
+# the folder sent to a GPU machine), else ./.assets. Works offline, without an install of the package.
 set -uo pipefail
-HERE=$(cd "$(dirname "$0")/.." && pwd)
-cd "$HERE"
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
-OUT=${GPU_CHECK_OUT:-./gpu_check_out}
-ASSETS=${MINILMV2_ASSETS:-$HERE/.assets}
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MINILMV2_ASSETS="$ASSETS"
+USAGE="usage: bash bench/gpu_check.sh [--rehearse] RESULTS_DIR [tests|relation|step|syncs|e2e|largest ...]"
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+
+REHEARSE=0
+if [ "${1:-}" = --rehearse ]; then
+    REHEARSE=1
+    shift
+fi
+if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
+    echo "$USAGE" >&2
+    exit 2
+fi
+RESULTS=$1
+shift
 PHASES=("$@")
-[ ${#PHASES[@]} -eq 0 ] && PHASES=(tests bench e2e)
-mkdir -p "$OUT"
-failures=0
-
-"$PYTHON" - <<'EOF' | tee "$OUT/device.txt"
-import torch, transformers
-import importlib.util
-triton = importlib.util.find_spec("triton") and __import__("triton").__version__
-assert torch.cuda.is_available(), "no CUDA device: this script is for a GPU machine"
-print(f"device: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)")
-print(f"torch {torch.__version__}, transformers {transformers.__version__}, triton {triton}")
-EOF
-[ "${PIPESTATUS[0]}" -eq 0 ] || exit 2
-
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(tests relation step syncs e2e)
 for phase in "${PHASES[@]}"; do
     case "$phase" in
-    tests)
-        echo "== exactness tests on cuda"
-        MINILMV2_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider tests/unit/test_relation_kernel.py \
-            tests/unit/test_relations.py tests/unit/test_bench_reference.py 2>&1 | tee "$OUT/tests.log" | tail -5
-        [ "${PIPESTATUS[0]}" -eq 0 ] || failures=$((failures + 1))
-        ;;
-    bench)
-        echo "== bench_step on cuda"
-        "$PYTHON" bench/bench_step.py --device cuda --teacher-shape 12x768 --student-shape 6x384 \
-            --relation-heads 48 --dtype bf16 --batch 64 --seq 512 --mem-dtype bf16 --mem-batch 64 --mem-seq 512 \
-            --warmup 2 --repeats 5 --largest --max-batch 512 2>&1 | grep -v "Loading weights" | tee "$OUT/bench.log"
-        [ "${PIPESTATUS[0]}" -eq 0 ] || failures=$((failures + 1))
-        ;;
-    e2e)
-        for kernel in torch compile triton; do
-            echo "== run.sh end to end, RELATION_KERNEL=$kernel"
-            rm -rf "$OUT/run-$kernel"
-            TEACHER_DIR="$ASSETS/teacher" TRAIN_CONFIG="$ASSETS/corpus/train_config.json" L=6 NUM_RELATION_HEADS=48 \
-                STUDENT_NUM_LAYERS=6 STUDENT_HIDDEN_SIZE=384 STUDENT_ATTENTION_HEADS=12 NPROC=1 PRECISION=bf16 \
-                BATCH_SIZE=${E2E_BATCH:-64} MAX_SEQ_LEN=512 MAX_STEPS=${E2E_STEPS:-60} WARMUP_STEPS=6 \
-                LOGGING_STEPS=20 SAVE_STEPS=100000 REPORT_TO=none RELATION_KERNEL=$kernel \
-                OUTPUT_DIR="$OUT/run-$kernel" bash run.sh > "$OUT/run-$kernel.log" 2>&1
-            status=$?
-            grep -E "throughput|Error|error:" "$OUT/run-$kernel.log" | tail -3
-            [ "$status" -eq 0 ] || failures=$((failures + 1))
-        done
-        ;;
+    tests | relation | step | syncs | e2e | largest) ;;
     *)
-        echo "unknown phase $phase (use tests, bench, e2e)" >&2
+        echo "error: unknown phase $phase; $USAGE" >&2
         exit 2
         ;;
     esac
 done
 
-echo "== summary ($OUT)"
-cat "$OUT/device.txt"
-[ -f "$OUT/tests.log" ] && tail -1 "$OUT/tests.log"
-[ -f "$OUT/bench.log" ] && sed -n '/^step time/,$p' "$OUT/bench.log"
-for kernel in torch compile triton; do
-    [ -f "$OUT/run-$kernel.log" ] && echo "run.sh RELATION_KERNEL=$kernel: $(grep throughput "$OUT/run-$kernel.log" | tail -1)"
+# The project's .venv where there is one, else python3 (the GPU image has no plain `python`), else python.
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 || echo python )}
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+if [ -z "${MINILMV2_ASSETS:-}" ]; then
+    MINILMV2_ASSETS=$REPO/.assets
+    [ -f "$REPO/.gpu-bundle/teacher/config.json" ] && MINILMV2_ASSETS=$REPO/.gpu-bundle
+fi
+export MINILMV2_ASSETS
+TEACHER=$MINILMV2_ASSETS/teacher
+CORPUS=$MINILMV2_ASSETS/corpus/train_config.json
+
+if [ "$REHEARSE" = 1 ]; then
+    DEVICE=cpu
+    export TRITON_INTERPRET=1  # the Triton kernel through its interpreter on CPU tensors
+    KERNELS=torch,triton       # torch.compile's CPU code would tell nothing about its CUDA code, and is slow
+    E2E_KERNELS=(torch)        # the interpreted kernel takes 20 s a step at the e2e shapes; phases above run it
+    BENCH_SHAPES=(--teacher-shape 2x128 --student-shape 2x64 --student-heads 4 --relation-heads 4 --dtype bf16
+        --batch 2 --seq 32 --warmup 1 --repeats 2)
+    TESTS_FILTER=(-k per_sample_reference_directly)
+    STUDENT=(2 384 12) BATCH=2 SEQ=64 PRECISION=none E2E_STEPS=3 SYNC_STEPS=(2 3)
+elif ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2> /dev/null; then
+    echo "error: no CUDA device here; bash bench/gpu_check.sh --rehearse RESULTS_DIR rehearses every phase on the CPU" >&2
+    exit 2
+else
+    DEVICE=cuda
+    KERNELS=torch,compile,triton
+    E2E_KERNELS=(torch compile triton)
+    BENCH_SHAPES=(--teacher-shape 12x768 --student-shape 6x384 --student-heads 12 --relation-heads 48 --dtype bf16
+        --batch 64 --seq 512 --warmup 2 --repeats 5)
+    TESTS_FILTER=()
+    STUDENT=(6 384 12) BATCH=64 SEQ=512 PRECISION=bf16 E2E_STEPS=${E2E_STEPS:-40} SYNC_STEPS=(3 6)
+fi
+for phase in "${PHASES[@]}"; do
+    if [[ "$phase" == syncs || "$phase" == e2e ]] && { [ ! -f "$TEACHER/config.json" ] || [ ! -f "$CORPUS" ]; }; then
+        echo "error: no teacher or corpus under MINILMV2_ASSETS=$MINILMV2_ASSETS; run \`make gpu-bundle\` (or \`make assets\`)" >&2
+        exit 2
+    fi
 done
-echo "failed phases/runs: $failures"
+
+mkdir -p "$RESULTS" || exit 2
+WORK=${GPU_CHECK_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")}
+mkdir -p "$WORK" || exit 2
+SUMMARY=$RESULTS/summary.txt
+failures=0
+
+{
+    echo "bash bench/gpu_check.sh $([ "$REHEARSE" = 1 ] && echo "--rehearse ")$RESULTS ${PHASES[*]}"
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), host $(hostname)"
+    echo "code: $(git rev-parse --short HEAD 2> /dev/null || echo "no git here")$(git diff --quiet HEAD -- 2> /dev/null || echo " (with uncommitted changes)")"
+    echo "assets: $MINILMV2_ASSETS; run outputs: $WORK"
+    "$PYTHON" - "$DEVICE" << 'EOF'
+import importlib.metadata as metadata, importlib.util, platform, sys
+import torch
+device = sys.argv[1]
+if device == "cuda":
+    props = torch.cuda.get_device_properties(0)
+    print(f"device: {torch.cuda.get_device_name()} ({props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs)")
+else:
+    print(f"device: cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+versions = []
+for name in ("torch", "transformers", "triton", "accelerate", "tokenizers", "huggingface_hub", "datasets", "evaluate"):
+    try:  # what can be imported, in the version installed
+        versions.append(f"{name} {metadata.version(name)}" if importlib.util.find_spec(name) else f"{name} absent")
+    except (metadata.PackageNotFoundError, ValueError):
+        versions.append(f"{name} absent")
+print(f"python {platform.python_version()}, " + ", ".join(versions))
+EOF
+} 2>&1 | tee "$SUMMARY"
+
+# run_phase NAME LOG COMMAND...: the command's output into RESULTS/LOG as it goes; status and time to the summary.
+run_phase() {
+    local name=$1 log=$RESULTS/$2
+    shift 2
+    echo "== $name ($(date -u +%H:%M:%S))"
+    local start=$SECONDS
+    "$@" > "$log" 2>&1
+    local status=$?
+    local verdict=ok
+    [ "$status" -eq 0 ] || { verdict="FAILED (status $status)"; failures=$((failures + 1)); }
+    echo "== $name: $verdict in $((SECONDS - start)) s" | tee -a "$SUMMARY"
+    return "$status"
+}
+
+bench_step() {
+    "$PYTHON" bench/bench_step.py --device "$DEVICE" "${BENCH_SHAPES[@]}" --kernels "$KERNELS" "$@"
+}
+
+# run_distillation's arguments for the syncs phase: the e2e phase's values (run.sh's), no logging or saving step.
+SYNC_ARGS=(--train_config "$CORPUS" --max_seq_len "$SEQ" --per_device_train_batch_size "$BATCH"
+    --input_model_dir "$TEACHER" --L 6 --num_relation_heads 48 --student_num_layers "${STUDENT[0]}"
+    --student_hidden_size "${STUDENT[1]}" --student_attention_heads "${STUDENT[2]}" --logging_steps 1000
+    --save_steps 1000 --report_to none --warmup_steps 1)
+[ "$PRECISION" = none ] || SYNC_ARGS+=("--$PRECISION")
+
+e2e() {
+    local kernel status=0
+    for kernel in "${E2E_KERNELS[@]}"; do
+        echo "== RELATION_KERNEL=$kernel"
+        rm -rf "$WORK/run-$kernel"
+        TEACHER_DIR="$TEACHER" TRAIN_CONFIG="$CORPUS" L=6 NUM_RELATION_HEADS=48 STUDENT_NUM_LAYERS="${STUDENT[0]}" \
+            STUDENT_HIDDEN_SIZE="${STUDENT[1]}" STUDENT_ATTENTION_HEADS="${STUDENT[2]}" NPROC=1 PRECISION=$PRECISION \
+            BATCH_SIZE=$BATCH MAX_SEQ_LEN=$SEQ MAX_STEPS=$E2E_STEPS WARMUP_STEPS=2 LOGGING_STEPS=$((E2E_STEPS / 2)) \
+            SAVE_STEPS=100000 REPORT_TO=none RELATION_KERNEL=$kernel PYTHON="$PYTHON" OUTPUT_DIR="$WORK/run-$kernel" \
+            bash run.sh
+        local code=$?
+        echo "== RELATION_KERNEL=$kernel: exit status $code"
+        [ "$code" -eq 0 ] || status=$code
+    done
+    return "$status"
+}
+
+for phase in "${PHASES[@]}"; do
+    case "$phase" in
+    tests)
+        run_phase tests tests.log env MINILMV2_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -p no:cacheprovider \
+            tests/unit/test_relation_kernel.py tests/unit/test_relations.py tests/unit/test_bench_reference.py \
+            "${TESTS_FILTER[@]}"
+        tail -1 "$RESULTS/tests.log" | tee -a "$SUMMARY"
+        ;;
+    relation)
+        run_phase relation relation.log bench_step --skip speed --skip memory --relation-only
+        sed -n '/^relation loss alone/,$p' "$RESULTS/relation.log" | tee -a "$SUMMARY"
+        ;;
+    step)
+        run_phase step step.log bench_step --skip memory --no-relation-only
+        sed -n '/^MFU against/p;/^step time/,/^(model FLOPs/p' "$RESULTS/step.log" | tee -a "$SUMMARY"
+        ;;
+    syncs)
+        rm -rf "$WORK/syncs"
+        run_phase syncs syncs.log "$PYTHON" bench/count_syncs.py --output_dir "$WORK/syncs" \
+            --steps "${SYNC_STEPS[@]}" -- "${SYNC_ARGS[@]}"
+        sed -n '/ in [0-9]* steps, /,$p' "$RESULTS/syncs.log" | tee -a "$SUMMARY"
+        ;;
+    e2e)
+        run_phase e2e e2e.log e2e
+        grep -E "^== RELATION_KERNEL|throughput" "$RESULTS/e2e.log" | tee -a "$SUMMARY"
+        ;;
+    largest)
+        run_phase largest largest.log bench_step --skip speed --skip memory --no-relation-only --largest \
+            --mem-dtype bf16 --max-batch 512 --largest-repeats 2
+        sed -n '/^largest batch/,$p' "$RESULTS/largest.log" | tee -a "$SUMMARY"
+        ;;
+    esac
+done
+
+echo "failed phases: $failures" | tee -a "$SUMMARY"
 exit $((failures > 0))

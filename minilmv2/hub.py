@@ -9,11 +9,15 @@ def hub_offline() -> bool:
     The libraries' own switches, as they read them at import: `huggingface_hub.constants.HF_HUB_OFFLINE`
     (set by HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and `datasets.config.HF_DATASETS_OFFLINE` (HF_DATASETS_OFFLINE,
     else the hub's). Changing the environment after they are imported changes neither library, so it does not
-    change this answer either.
+    change this answer either. Without the datasets package (an optional dependency of the distillation: only
+    hub datasets and files it reads need it), the hub's switch alone answers.
     """
-    import datasets.config
     from huggingface_hub import constants
 
+    try:
+        import datasets.config
+    except ImportError:
+        return bool(constants.HF_HUB_OFFLINE)
     return bool(constants.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE)
 
 

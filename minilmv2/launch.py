@@ -1,11 +1,13 @@
 """The process run.sh becomes: torchrun, with the exit status and output the README promises, and run safety.
 
-    python -m minilmv2.launch [torchrun options] -m minilmv2.run_distillation <groups>
+    python -m minilmv2.launch [--stop-timeout SECONDS] [torchrun options] -m minilmv2.run_distillation <groups>
 
 It runs `torch.distributed.run` in this process and changes how it ends:
 - SIGTERM/SIGINT (SLURM, Ctrl-C, `kill`): torchrun passes the signal to the workers, which write a checkpoint
   and the student; this process then exits with 128 + signal instead of torchrun's traceback and status 1.
-  run.sh gives the workers `--shutdown-timeout` seconds (STOP_TIMEOUT, default 600, not torchrun's 30) to save.
+  `--stop-timeout SECONDS` (run.sh's STOP_TIMEOUT, default 600, not torchrun's 30) is how long the workers get
+  to save before they are killed: passed on as torchrun's `--shutdown-timeout` where the installed torch has that
+  option (2.12 and newer), else enforced here on torchrun's process context (older torch waits a fixed 30 s).
 - A worker that failed with a user error (status 2, its line already printed) or was stopped by a signal:
   that status is passed on; any other failure: one line naming the rank and its status (traceback above).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -26,20 +29,35 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 
-from minilmv2.errors import UsageError
+from minilmv2.errors import UsageError, exit_on_usage_error
 
 LOCK_NAME = ".minilmv2-run.lock"
 
 
-def main(argv: list[str] | None = None) -> int:
+STOP_TIMEOUT_OPTION = "--stop-timeout"
+SHUTDOWN_TIMEOUT_OPTION = "--shutdown-timeout"  # torchrun's own, since torch 2.12
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None, torchrun: ModuleType | None = None) -> int:
+    """Run torchrun on `argv`; `torchrun` is `torch.distributed.run` unless a test stands in for it."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if torchrun is None:
+        import torch.distributed.run as torchrun
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stop_timeout, argv = pop_stop_timeout(argv)
+    if stop_timeout is not None:
+        if knows_option(torchrun, SHUTDOWN_TIMEOUT_OPTION):
+            argv = [SHUTDOWN_TIMEOUT_OPTION, str(stop_timeout), *argv]
+        else:
+            enforce_stop_timeout(stop_timeout)
+    args = torchrun.parse_args(argv)
     try:
-        run(args)
+        torchrun.run(args)
     except SignalException as stop:
         # torchrun has passed the signal on and waited for the workers (they saved and said so).
         return 128 + int(stop.sigval)
@@ -51,6 +69,53 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: rank {rank} exited with status {code} (its output is above)", file=sys.stderr, flush=True)
         return status if 0 < status < 256 else 1
     return 0
+
+
+def pop_stop_timeout(argv: list[str]) -> tuple[int | None, list[str]]:
+    """Our `--stop-timeout N` (or `=N`), taken out of the launcher options before torchrun parses them.
+
+    Only the options before the training script count: everything from the first argument that is not an
+    option of ours on is left as it is, so a script's own `--stop-timeout` is never taken.
+    """
+    for index, word in enumerate(argv):
+        if word == STOP_TIMEOUT_OPTION and index + 1 < len(argv):
+            value, rest = argv[index + 1], argv[:index] + argv[index + 2 :]
+        elif word.startswith(STOP_TIMEOUT_OPTION + "="):
+            value, rest = word.split("=", 1)[1], argv[:index] + argv[index + 1 :]
+        elif word in ("-m", "--module") or not word.startswith("-"):
+            break  # the training script and its arguments
+        else:
+            continue
+        if not value.isdigit():
+            raise UsageError(f"{STOP_TIMEOUT_OPTION} {value} must be a whole number of seconds")
+        return int(value), rest
+    return None, argv
+
+
+def knows_option(torchrun: ModuleType, option: str) -> bool:
+    """Whether the installed torchrun's argument parser has `option` (its options change between releases)."""
+    return option in torchrun.get_args_parser()._option_string_actions
+
+
+def enforce_stop_timeout(seconds: int) -> None:
+    """Give the workers `seconds` to exit after a signal, on a torchrun without `--shutdown-timeout`.
+
+    Its agent stops the workers through `PContext.close(death_sig, timeout)` with a fixed 30 s: the public
+    method of torch.distributed.elastic.multiprocessing whose `timeout` is the wait before SIGKILL. Wrapping it
+    here sets that wait, whichever agent or release calls it.
+    """
+    from torch.distributed.elastic.multiprocessing.api import PContext
+
+    close = PContext.close
+    if getattr(close, "stop_timeout", None) is not None:  # already wrapped (main called twice in one process)
+        close = close.__wrapped__
+
+    @functools.wraps(close)
+    def close_with_stop_timeout(self, death_sig=None, timeout=None):
+        return close(self, death_sig, seconds)
+
+    close_with_stop_timeout.stop_timeout = seconds
+    PContext.close = close_with_stop_timeout
 
 
 # ---- in the workers ----

@@ -740,10 +740,9 @@ def train_and_export(plan: Plan, stop_signal) -> int:
             )
     except ValueError as err:
         raise UsageError(one_line(err)) from None
-    if args.bf16:
-        distiller.cast_teacher(torch.bfloat16)
-    elif args.fp16:
-        distiller.cast_teacher(torch.float16)
+    # The frozen teacher computes in the run's precision, whatever dtype its weights were saved in (a bf16
+    # checkpoint loads as bf16): fp32 unless --bf16 / --fp16.
+    distiller.cast_teacher(torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     print0(
         f"student: {student_config.num_hidden_layers} layers x {student_config.hidden_size} hidden x "
