@@ -17,16 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # minilmv2 without an install
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 from minilmv2.tools.assets import SOURCE_FILE, default_dest  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
+CODE_FILE = "code.txt"  # which commit the bundle was made from (read by bench/gpu_check.sh)
 LIMIT_MIB = 60  # what may travel to the GPU machine with the working tree (64 MiB in all)
 TEACHER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -46,6 +50,17 @@ def bundle_teacher(source: Path, dest: Path) -> None:
     (dest / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
+def code_version() -> str:
+    """The commit of this checkout, '-dirty' when it has uncommitted changes."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return f"commit {described.stdout.strip()}"
+
+
 def folder_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -53,7 +68,7 @@ def folder_mib(path: Path) -> float:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[1] / ".gpu-bundle")
+    parser.add_argument("--dest", type=Path, default=REPO / ".gpu-bundle")
     args = parser.parse_args(argv)
     assets = default_dest()
     for part in ("teacher", "corpus"):
@@ -63,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(scratch, ignore_errors=True)
     bundle_teacher(assets / "teacher", scratch / "teacher")
     shutil.copytree(assets / "corpus", scratch / "corpus")
+    # The GPU machine gets the working tree without .git: this names the code the check then runs.
+    (scratch / CODE_FILE).write_text(
+        f"{code_version()}, bundled {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+    )
     size = folder_mib(scratch)
     if size > LIMIT_MIB:
         shutil.rmtree(scratch)

@@ -81,7 +81,7 @@ else
     BENCH_SHAPES=(--teacher-shape 12x768 --student-shape 6x384 --student-heads 12 --relation-heads 48 --dtype bf16
         --batch 64 --seq 512 --warmup 2 --repeats 5)
     TESTS_FILTER=()
-    STUDENT=(6 384 12) BATCH=64 SEQ=512 PRECISION=bf16 E2E_STEPS=${E2E_STEPS:-40} SYNC_STEPS=(3 6)
+    STUDENT=(6 384 12) BATCH=64 SEQ=512 PRECISION=bf16 E2E_STEPS=${E2E_STEPS:-30} SYNC_STEPS=(3 6)
 fi
 for phase in "${PHASES[@]}"; do
     if [[ "$phase" == syncs || "$phase" == e2e ]] && { [ ! -f "$TEACHER/config.json" ] || [ ! -f "$CORPUS" ]; }; then
@@ -99,7 +99,11 @@ failures=0
 {
     echo "bash bench/gpu_check.sh $([ "$REHEARSE" = 1 ] && echo "--rehearse ")$RESULTS ${PHASES[*]}"
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), host $(hostname)"
-    echo "code: $(git rev-parse --short HEAD 2> /dev/null || echo "no git here")$(git diff --quiet HEAD -- 2> /dev/null || echo " (with uncommitted changes)")"
+    if git rev-parse --git-dir > /dev/null 2>&1; then
+        echo "code: commit $(git describe --always --dirty)"
+    else  # a GPU machine gets the working tree without .git; the bundle says what it was made from
+        echo "code: $(cat "$MINILMV2_ASSETS/code.txt" 2> /dev/null || echo unknown) (no git here: from the bundle)"
+    fi
     echo "assets: $MINILMV2_ASSETS; run outputs: $WORK"
     "$PYTHON" - "$DEVICE" << 'EOF'
 import importlib.metadata as metadata, importlib.util, platform, sys

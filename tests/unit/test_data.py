@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from minilmv2.data import (
     read_unit,
 )
 from minilmv2.errors import UsageError
-from minilmv2.hub import OFFLINE_VARIABLES, offline_switches
+from minilmv2.hub import OFFLINE_VARIABLES, hub_offline, offline_switches
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,34 @@ def test_network_corpus_is_refused_at_start_up_when_offline_is_set(tmp_path, mon
     with pytest.raises(UsageError, match=refusal) as caught:
         load_corpus_config(path)
     assert "\n" not in str(caught.value)
+
+
+def test_without_the_datasets_package_only_what_it_reads_is_refused(shards, tmp_path, monkeypatch):
+    """The GPU image has no datasets: local uncompressed text and JSON lines need none; what it reads is refused
+    at start-up in one line (hub datasets, compressed files), and the hub's switch alone answers hub_offline()."""
+    plain = write_corpus_config(tmp_path / "plain.json", shards[:1])
+    compressed = tmp_path / (shards[0].name + ".gz")
+    compressed.write_bytes(gzip.compress(shards[0].read_bytes()))
+    gz = write_corpus_config(tmp_path / "gz.json", [compressed])
+    hub = tmp_path / "hub.json"
+    hub.write_text(json.dumps({"hub": "wikimedia/wikipedia"}))
+    go_online(monkeypatch)
+    for config in (plain, gz, hub):
+        load_corpus_config(config)  # with datasets installed, all three are accepted
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed, as far as imports go
+    monkeypatch.setitem(sys.modules, "datasets.config", None)
+    assert load_corpus_config(plain).sources == (str(shards[0]),)
+    for config, what in ((gz, f"corpus file {compressed}"), (hub, "hub dataset wikimedia/wikipedia")):
+        with pytest.raises(UsageError) as caught:
+            load_corpus_config(config)
+        assert str(caught.value) == (
+            f"--train_config {config}: {what} is read through the datasets package, which is not installed; "
+            "pip install datasets, or use uncompressed local text or JSON-lines files"
+        )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert hub_offline()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert not hub_offline()
 
 
 def test_offline_switches_names_what_the_user_set(monkeypatch):
