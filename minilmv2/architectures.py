@@ -219,7 +219,7 @@ def qkv_states(
     layer: int,
     kinds: set[int],
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     token_type_ids: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """Run `model`'s own forward up to its `layer`-th layer (1-based) and return that layer's Q/K/V.
@@ -227,15 +227,17 @@ def qkv_states(
     Q and K are taken as the layer's attention compares them (after rotary embeddings where the model has
     them). The forward stops there: no layer above runs, nor the layer's own attention, output and FFN.
 
-    Args: input_ids, attention_mask (B, S) (1 = real token), token_type_ids (B, S) or None (dropped for models
-    that have none). Returns: {kind: (B, S, H)} for each requested kind (1=Q, 2=K, 3=V).
+    Args: input_ids, attention_mask (B, S) (1 = real token; None: no padding, and the model builds no mask),
+    token_type_ids (B, S) or None (dropped for models that have none). Returns: {kind: (B, S, H)} for each
+    requested kind (1=Q, 2=K, 3=V).
     """
     base, layout = base_model(model), layout_for(model)
     target_layer = encoder_layers(model)[layer - 1]
-    # A sample with no real token would make every attention row fully masked (NaN under SDPA); let it attend
-    # to its padding instead. Its weight in the loss is zero either way.
-    model_mask = attention_mask.masked_fill(~attention_mask.bool().any(dim=1, keepdim=True), 1)
-    inputs = {"input_ids": input_ids, "attention_mask": model_mask}
+    inputs = {"input_ids": input_ids}
+    if attention_mask is not None:
+        # A sample with no real token would make every attention row fully masked (NaN under SDPA); let it attend
+        # to its padding instead. Its weight in the loss is zero either way.
+        inputs["attention_mask"] = attention_mask.masked_fill(~attention_mask.bool().any(dim=1, keepdim=True), 1)
     if token_type_ids is not None and _accepts_token_types(base):
         inputs["token_type_ids"] = token_type_ids
     if layout.attention is not None:

@@ -640,7 +640,12 @@ class TokenStream(torch.utils.data.IterableDataset):
 
     # -- resumable position --
 
-    def state_dict(self) -> dict:
+    def position(self) -> dict:
+        """Where the stream stands now, cheaply enough to take after every batch (minilmv2.prefetch does).
+
+        The shuffle buffer's sequences are never changed once made, so the buffer is copied as a list of the same
+        sequences; what is still being filled (`pending`) is copied. `state_dict(position)` saves it.
+        """
         return {
             "epoch": self.epoch,
             "unit_index": self.unit_index,
@@ -648,9 +653,17 @@ class TokenStream(torch.utils.data.IterableDataset):
             "pending": [list(doc) for doc in self.pending] if not self.packing else list(self.pending),
             "open_document": self.open_document,
             "tokens_in_pass": self.tokens_in_pass,
-            "buffer": [list(seq) for seq in self.buffer],
-            "rng": _rng_state_to_json(self.rng.getstate()),
+            "buffer": list(self.buffer),
+            "rng": self.rng.getstate(),
             "examples_yielded": self.examples_yielded,
+        }
+
+    def state_dict(self, position: dict | None = None) -> dict:
+        """The saved form (JSON) of `position` (one taken earlier by `position()`), else of the position now."""
+        position = self.position() if position is None else position
+        return {
+            **position,
+            "rng": _rng_state_to_json(position["rng"]),
             "rank": self.rank,
             "world_size": self.world_size,
             "units": unit_records(self.units),
@@ -806,17 +819,25 @@ def _rng_state_from_json(state: list) -> tuple:
 
 
 class PadCollator:
-    """Stack {"input_ids": list[int]} examples into input_ids and attention_mask (B, S), right-padded."""
+    """Stack {"input_ids": list[int]} examples into input_ids (B, S), right-padded, plus attention_mask (B, S)
+    when some row is shorter than the longest.
+
+    A batch without padding (packed sequences, always) has no mask: the models then skip building one and the
+    check that it has any padding, a read of a device value on every forward.
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        length = max(len(e["input_ids"]) for e in examples)
+        lengths = [len(e["input_ids"]) for e in examples]
+        length = max(lengths)
         input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
         for row, example in enumerate(examples):
-            ids = example["input_ids"]
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
+            input_ids[row, : lengths[row]] = torch.tensor(example["input_ids"], dtype=torch.long)
+        if min(lengths) == length:
+            return {"input_ids": input_ids}
+        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+        for row, row_length in enumerate(lengths):
+            attention_mask[row, :row_length] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -116,9 +116,10 @@ class MiniLM(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         **unused,
     ) -> MiniLMOutput:
-        """input_ids, attention_mask, token_type_ids: (B, S). Returns MiniLMOutput(loss=fp32 scalar)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        """input_ids, attention_mask, token_type_ids: (B, S); no attention_mask: no padding.
+
+        Returns MiniLMOutput(loss=fp32 scalar).
+        """
         # Inference mode is the cheapest way to run the frozen teacher, but torch.compile cannot trace it;
         # under compilation no_grad gives the same graph.
         with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
@@ -127,7 +128,7 @@ class MiniLM(nn.Module):
         loss, _ = relation_loss(
             teacher_states,
             student_states,
-            attention_mask.bool(),
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool(),
             self.relations,
             self.A_r,
             self.chunk_elements,

@@ -81,6 +81,10 @@ class DataArguments:
         metadata={"help": "one line per sequence, truncated, padded per batch (the reference) instead of packing"},
     )
     shuffle_buffer: int = dataclasses.field(default=1000, metadata={"help": "sequences in the seeded shuffle buffer"})
+    prefetch_batches: int = dataclasses.field(
+        default=4,
+        metadata={"help": "batches tokenised ahead of the training step in a background thread (0: in the step)"},
+    )
 
 
 @dataclasses.dataclass
@@ -566,6 +570,8 @@ def make_plan(argv: list[str]) -> Plan:
     train_config = load_corpus_config(data_args.train_config, "--train_config")
     val_config = load_corpus_config(data_args.val_config, "--val_config") if data_args.val_config else None
     check_positive("--shuffle_buffer", data_args.shuffle_buffer)
+    if data_args.prefetch_batches < 0:
+        raise UsageError(f"--prefetch_batches {data_args.prefetch_batches} must be 0 (no prefetch) or more")
     if training_args.max_steps is None or training_args.max_steps < 1:
         raise UsageError("--max_steps must be a positive number of optimizer steps (the corpus is a stream)")
     check_positive("--per_device_train_batch_size", training_args.per_device_train_batch_size)
@@ -653,8 +659,12 @@ def configure_training_args(training_args, has_val: bool) -> None:
     # No loader of ours goes through accelerate (DistillationTrainer builds both), but should one ever be prepared,
     # rank 0 must not read and dispatch every batch: each rank's stream is already its own share.
     training_args.accelerator_config.dispatch_batches = False
-    if str(training_args.include_num_input_tokens_seen) == "no":
-        training_args.include_num_input_tokens_seen = "non_padding"  # for tokens/s at the end
+    # No step reads a device value (DistillationTrainer): the trainer counts tokens on the host itself, instead of
+    # the Trainer's per-step count on the device; no per-step check of the logged loss (the trainer's device-side
+    # guard stops a non-finite run); DDP need not broadcast buffers (the student has none that change).
+    training_args.include_num_input_tokens_seen = "no"
+    training_args.logging_nan_inf_filter = False
+    training_args.ddp_broadcast_buffers = False
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator
     if training_args.dataloader_num_workers:
@@ -782,6 +792,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         data_collator=PadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
         processing_class=tokenizer,
         stop_signal=stop_signal,
+        prefetch_batches=data_args.prefetch_batches,
     )
     tokens_before = 0
     if plan.checkpoint is not None:
@@ -789,6 +800,8 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+        trainer.raise_if_nonfinite()  # before the student is exported: its last updates were finite
+        trainer.count_tokens()
     except NonFiniteLossError as err:
         if env_rank() == 0:
             good = newest_intact_checkpoint(output_dir)

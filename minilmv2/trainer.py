@@ -2,10 +2,20 @@
 
 `DistillationTrainer` is a `transformers.Trainer` whose model is the `MiniLM` distiller. It changes these things:
 
-- Data: the `TokenStream` already holds only this rank's share, so the train loader is a plain `DataLoader`.
+- Data: the `TokenStream` already holds only this rank's share, so the train loader is ours, a
+  `PrefetchLoader` (minilmv2.prefetch: batches made ahead in a thread, the stream's position kept per batch).
   `accelerator.prepare` would shard it a second time (accelerate 1.15 wraps any torch IterableDataset in
   `IterableDatasetShard`, or, with the default `dispatch_batches`, has rank 0 read everything) and lose
-  data. The loader has no workers, so the stream's position is exactly what the optimizer has consumed.
+  data. Batches go to the device from pinned memory without blocking.
+- No step reads a device value on the host (each read waits for the device, so the next batch could not be
+  made while the device works). Between logging and save steps:
+  - a non-finite loss or gradient sets a flag on the device that makes the fused AdamW's update a no-op (its
+    `found_inf`, as a gradient scaler uses it), so the weights stay those before the first bad step; the flag
+    is read at logging, evaluation and save steps and at the end, which stop the run before anything is saved
+    (an optimizer without that input, or fp16's gradient scaler, falls back to a read every step);
+  - a SIGTERM/SIGINT is agreed by all ranks at the end of the step in which it arrived, through a host-side
+    collective (a gloo group on CPU tensors), and every rank then saves at that same step;
+  - tokens seen are counted on the host from the examples' lengths and summed across ranks at logging steps.
 - Checkpoints (their files: `minilmv2.checkpoints`) keep the Trainer layout (`checkpoint-N/` with
   trainer_state.json, optimizer, scheduler, RNG) but hold the student export in `checkpoint-N/student/`
   (config, safetensors, tokenizer) instead of the distiller, so no second copy of the frozen teacher; plus
@@ -13,15 +23,15 @@
   loads the student back from `student/`. `--save_total_limit` deletes old checkpoints only after the new
   one is complete, and only complete ones older than it, so a crash while saving never leaves the run
   without a complete checkpoint.
-- Every micro-step, all ranks agree (one tiny all-reduce) whether the loss is finite and whether a
-  SIGTERM/SIGINT arrived: a non-finite loss stops before the optimizer step (the last checkpoint stays the
-  last good one); a signal makes every rank save a checkpoint at the end of the current step and stop.
+- A non-finite loss stops the run with the first bad step named; the last checkpoint stays the last good
+  one. A signal makes every rank save a checkpoint at the end of the current step and stop.
 - Evaluation reports the distillation loss (there are no labels) as the mean over held-out sequences: each
   rank scores its own share (`TokenStream(sequence_shard=...)`), sums and counts are all-reduced, so every
   sequence counts once with equal weight and the figure does not depend on the number of processes.
 - `--load_best_model_at_end` loads the best checkpoint's student; logging, eval and save intervals given
   on a resumed run win over the checkpoint's.
-- Logs carry the resident memory of rank 0 (`rss_mb`) so long runs show any growth.
+- Logs carry the resident memory of rank 0 (`rss_mb`) so long runs show any growth, and `data_wait_s`, the
+  seconds per step the loop waited for its batch (near 0 when the prefetch keeps up).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -47,6 +58,7 @@ from minilmv2.checkpoints import (
     rotate_complete_checkpoints,
 )
 from minilmv2.errors import UsageError
+from minilmv2.prefetch import PrefetchLoader
 
 
 class NonFiniteLossError(RuntimeError):
@@ -106,31 +118,84 @@ class StopSignal:
         print(f"received {name}: saving a checkpoint at the end of this step, then stopping", flush=True)
 
 
+class RankAgreement:
+    """Host values combined across ranks without touching a device: a gloo group on CPU tensors (the default group
+    when it is gloo already). With one process, the values themselves."""
+
+    def __init__(self):
+        self.group = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # new_group is collective: every rank builds its trainer, so every rank comes here.
+            self.group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def reduce(self, values: Sequence[float], op=dist.ReduceOp.SUM) -> list[float]:
+        if self.group is None:
+            return list(values)
+        combined = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(combined, op=op, group=self.group)
+        return combined.tolist()  # a CPU tensor: no device is waited for
+
+
 class DistillationTrainer(Trainer):
     """HF Trainer for a `MiniLM` distiller fed by a rank-aware `TokenStream` (see module docstring)."""
 
-    def __init__(self, *args, stop_signal: StopSignal | None = None, **kwargs):
+    def __init__(self, *args, stop_signal: StopSignal | None = None, prefetch_batches: int = 2, **kwargs):
         super().__init__(*args, **kwargs)
         self.stop_signal = stop_signal or StopSignal()
         self.stopped_by_signal: int | None = None
+        self.prefetch_batches = prefetch_batches
+        self.ranks = RankAgreement()
+        self.train_loader: PrefetchLoader | None = None
+        self._tokens_counted = 0  # this rank's tokens already added to state.num_input_tokens_seen
+        self._logged_wait = (0.0, 0)  # (loader wait seconds, global step) at the last log
+        # The non-finite guard's device tensors (see _before_optimizer_step), made with the optimizer.
+        self._update_guard = False
+        self._nonfinite = self._loss_nonfinite = self._updates = self._first_bad = self._first_bad_loss = None
+        self._last_loss = None
+        self._first_guarded_step = 0
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:
             logs["rss_mb"] = round(resident_memory_mb(), 1)  # this process's resident memory: growth shows here
+            if self.train_loader is not None:
+                wait, step = self._logged_wait
+                steps = max(1, self.state.global_step - step)
+                logs["data_wait_s"] = round((self.train_loader.wait_seconds - wait) / steps, 4)
+                self._logged_wait = (self.train_loader.wait_seconds, self.state.global_step)
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         super().log(logs, *args, **kwargs)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.train_loader is not None:
+                self.train_loader.close()  # whatever ended training: the end, a signal, an error
 
     # -- data --
 
-    def get_train_dataloader(self) -> DataLoader:
-        # No accelerator.prepare: the stream is already this rank's share (see the module docstring), and no
-        # workers, so the stream's state_dict() is exactly the position after the consumed batches.
-        return DataLoader(
+    def get_train_dataloader(self) -> PrefetchLoader:
+        # No accelerator.prepare: the stream is already this rank's share (see the module docstring).
+        self.train_loader = PrefetchLoader(
             self.train_dataset,
-            batch_size=self._train_batch_size,
-            collate_fn=self.data_collator,
-            num_workers=0,
+            self.data_collator,
+            self._train_batch_size,
+            depth=self.prefetch_batches,
             pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
         )
+        return self.train_loader
+
+    def _prepare_input(self, data):
+        if isinstance(data, torch.Tensor) and data.is_pinned():
+            return data.to(self.args.device, non_blocking=True)  # the loader pinned it: the copy need not block
+        return super()._prepare_input(data)
+
+    def count_tokens(self) -> None:
+        """Add the tokens every rank was handed since the last call to the run's count (a host collective)."""
+        handed = self.train_loader.tokens if self.train_loader is not None else 0
+        (new,) = self.ranks.reduce([handed - self._tokens_counted])
+        self._tokens_counted = handed
+        self.state.num_input_tokens_seen += int(new)
 
     # -- exact resume --
 
@@ -156,24 +221,76 @@ class DistillationTrainer(Trainer):
 
     # -- faults --
 
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        # Fused Adam(W) skips its update, on the device, while `optimizer.found_inf` is non-zero; fp16's gradient
+        # scaler sets that input itself, so it keeps the per-step check.
+        self._update_guard = bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and not self.args.fp16
+        if self._update_guard:
+            optimizer.register_step_pre_hook(self._before_optimizer_step)
+        return optimizer
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """Before each update, on the device: set the sticky non-finite flag from this step's losses and gradients
+        (the gradients are the same on every rank), remember the first bad step, and make the update a no-op
+        from that step on."""
+        if self._nonfinite is None:  # the first step of this process: the guard's state, from constants only
+            device = self._last_loss.device
+            self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+            self._updates = torch.zeros((), dtype=torch.long, device=device)
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
+            self._first_bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+            self._first_guarded_step = self.state.global_step + 1
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        bad = self._loss_nonfinite.clone()
+        if grads:
+            bad |= ~torch.stack(torch._foreach_norm(grads)).isfinite().all()
+        newly = bad & ~self._nonfinite
+        self._first_bad = torch.where(newly, self._updates, self._first_bad)
+        self._first_bad_loss = torch.where(newly, self._last_loss.float(), self._first_bad_loss)
+        self._nonfinite |= bad
+        self._loss_nonfinite.zero_()
+        self._updates += 1
+        optimizer.found_inf = self._nonfinite.float()
+
+    def raise_if_nonfinite(self) -> None:
+        """NonFiniteLossError naming the first bad step, if any rank had one (one read of the device flags)."""
+        if self._nonfinite is None:
+            return
+        bad, first, loss = torch.stack(
+            [self._nonfinite.double(), self._first_bad.double(), self._first_bad_loss.double()]
+        ).tolist()
+        any_bad, latest_good = self.ranks.reduce([bad, -first if bad else float("-inf")], op=dist.ReduceOp.MAX)
+        if any_bad:
+            step = self._first_guarded_step + int(-latest_good)
+            raise NonFiniteLossError(step, loss if bad else float("nan"))
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        flags = torch.tensor(
-            [0.0 if torch.isfinite(loss) else 1.0, 1.0 if self.stop_signal.received is not None else 0.0],
-            device=loss.device,
-        )
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # all ranks stop together, or none does
-        non_finite, stop = flags.tolist()
-        if non_finite:
+        if self._update_guard:
+            finite = torch.isfinite(loss)
+            if self._loss_nonfinite is None:
+                self._loss_nonfinite = ~finite
+            else:
+                self._loss_nonfinite |= ~finite  # summed over the micro-steps of one update
+            self._last_loss = loss.detach()
+        elif not torch.isfinite(loss):  # no device-side guard for this optimizer: one read per step
             raise NonFiniteLossError(self.state.global_step + 1, loss.item())
-        # Stop only after a whole optimizer step (the last micro-batch of an accumulation), so the checkpoint
-        # holds no half-accumulated gradient; the flag is sticky, so every rank sees it at the same micro-step.
+        # A signal is agreed on the host, so every rank stops at the same step. Stop only after a whole optimizer
+        # step (the last micro-batch of an accumulation), so the checkpoint holds no half-accumulated gradient.
+        (stop,) = self.ranks.reduce([self.stop_signal.received is not None], op=dist.ReduceOp.MAX)
         if stop and self.accelerator.sync_gradients and self.stopped_by_signal is None:
             self.stopped_by_signal = self.stop_signal.received or signal.SIGTERM
             self.control.should_save = True
             self.control.should_training_stop = True
         return loss
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        # Before anything is logged, evaluated or saved: the device flags, and the tokens of every rank.
+        if self.control.should_log or self.control.should_save or self.control.should_evaluate:
+            self.raise_if_nonfinite()
+            self.count_tokens()
+        return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     # -- evaluation: the distillation loss on held-out text --
 
@@ -254,7 +371,7 @@ class DistillationTrainer(Trainer):
         student = self.accelerator.unwrap_model(self.model).student
         record = {
             "global_step": self.state.global_step,
-            "stream": self.train_dataset.state_dict(),
+            "stream": self.train_loader.state_dict() if self.train_loader else self.train_dataset.state_dict(),
             # Each rank's fingerprint of its student replica: DDP keeps them identical, and this shows it.
             "student_sha256": parameters_sha256(student),
         }

@@ -291,11 +291,17 @@ def test_no_packing_gives_one_truncated_document_per_sequence_and_pads_per_batch
     assert len(sequences) == len(documents)
     first = tokenizer(documents[0], add_special_tokens=False)["input_ids"]
     assert sequences[0] == [tokenizer.cls_token_id, *first[:30], tokenizer.sep_token_id]
-    batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": s} for s in sequences[:8]])
-    lengths = torch.tensor([len(s) for s in sequences[:8]])
+    short = [s for s in sequences if len(s) < 32][:1]
+    mixed = [s for s in sequences if len(s) == 32][:7] + short
+    assert len(short) == 1 and len(mixed) == 8
+    batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": s} for s in mixed])
+    lengths = torch.tensor([len(s) for s in mixed])
     assert batch["input_ids"].shape == (8, int(lengths.max()))
     assert torch.equal(batch["attention_mask"].sum(1), lengths)
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+    # Rows all of one length (as packed sequences always are): no padding, so no mask for the models to check.
+    full = PadCollator(tokenizer.pad_token_id)([{"input_ids": s} for s in mixed[:7]])
+    assert sorted(full) == ["input_ids"] and torch.equal(full["input_ids"], torch.tensor(mixed[:7]))
 
 
 def test_shuffle_buffer_is_seeded_and_loses_nothing(shards, tmp_path, tokenizer):
