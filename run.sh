@@ -32,6 +32,8 @@ export MINILMV2_VIA_RUN_SH=1
 HERE=$(cd "$(dirname "$0")" && pwd)
 # Else python3 (some images, the GPU machine's among them, have no plain `python`), else python.
 PYTHON=${PYTHON:-$( [ -x "$HERE/.venv/bin/python" ] && echo "$HERE/.venv/bin/python" || command -v python3 || echo python )}
+# The package from this checkout, also where it is not installed (a GPU machine that got only the working tree).
+export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 TEACHER_DIR=${TEACHER_DIR:-./model/bert-base-uncased}
 TOKENIZER_DIR=${TOKENIZER_DIR:-$TEACHER_DIR}
 TRAIN_CONFIG=${TRAIN_CONFIG:-./train_config.json}

@@ -25,7 +25,6 @@
 set -uo pipefail
 USAGE="usage: bash bench/gpu_check.sh [--rehearse] RESULTS_DIR [tests|relation|step|syncs|e2e|largest ...]"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-cd "$REPO"
 
 REHEARSE=0
 if [ "${1:-}" = --rehearse ]; then
@@ -36,8 +35,13 @@ if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
     echo "$USAGE" >&2
     exit 2
 fi
-RESULTS=$1
+# Paths the caller gives are the caller's: made absolute before the script moves to the repository root.
+RESULTS=$(realpath -m -- "$1")
 shift
+[ -n "${GPU_CHECK_WORK:-}" ] && GPU_CHECK_WORK=$(realpath -m -- "$GPU_CHECK_WORK")
+[ -n "${MINILMV2_ASSETS:-}" ] && MINILMV2_ASSETS=$(realpath -m -- "$MINILMV2_ASSETS")
+[[ "${PYTHON:-}" == */* ]] && PYTHON=$(realpath -m -- "$PYTHON")
+cd "$REPO" || exit 2
 PHASES=("$@")
 [ ${#PHASES[@]} -eq 0 ] && PHASES=(tests relation step syncs e2e)
 for phase in "${PHASES[@]}"; do
@@ -64,18 +68,23 @@ CORPUS=$MINILMV2_ASSETS/corpus/train_config.json
 
 if [ "$REHEARSE" = 1 ]; then
     DEVICE=cpu
-    export TRITON_INTERPRET=1  # the Triton kernel through its interpreter on CPU tensors
+    export CUDA_VISIBLE_DEVICES=  # a CPU run, also on a machine with a GPU
+    export TRITON_INTERPRET=1     # the Triton kernel through its interpreter on CPU tensors
     KERNELS=torch,triton       # torch.compile's CPU code would tell nothing about its CUDA code, and is slow
     E2E_KERNELS=(torch)        # the interpreted kernel takes 20 s a step at the e2e shapes; phases above run it
     BENCH_SHAPES=(--teacher-shape 2x128 --student-shape 2x64 --student-heads 4 --relation-heads 4 --dtype bf16
         --batch 2 --seq 32 --warmup 1 --repeats 2)
     TESTS_FILTER=(-k per_sample_reference_directly)
     STUDENT=(2 384 12) BATCH=2 SEQ=64 PRECISION=none E2E_STEPS=3 SYNC_STEPS=(2 3)
+elif ! "$PYTHON" -c "import torch" 2> /dev/null; then
+    echo "error: $PYTHON cannot import torch; set PYTHON to an interpreter that has it" >&2
+    exit 2
 elif ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2> /dev/null; then
     echo "error: no CUDA device here; bash bench/gpu_check.sh --rehearse RESULTS_DIR rehearses every phase on the CPU" >&2
     exit 2
 else
     DEVICE=cuda
+    unset TRITON_INTERPRET  # compiled kernels: an inherited interpreter switch would time the interpreter
     KERNELS=torch,compile,triton
     E2E_KERNELS=(torch compile triton)
     BENCH_SHAPES=(--teacher-shape 12x768 --student-shape 6x384 --student-heads 12 --relation-heads 48 --dtype bf16
@@ -122,7 +131,8 @@ for name in ("torch", "transformers", "triton", "accelerate", "tokenizers", "hug
         versions.append(f"{name} absent")
 print(f"python {platform.python_version()}, " + ", ".join(versions))
 EOF
-} 2>&1 | tee "$SUMMARY"
+    echo "C compiler (Triton builds its launcher with it): $(cc --version 2> /dev/null | head -n 1 || echo none)"
+} 2>&1 | tee -a "$SUMMARY"
 
 # run_phase NAME LOG COMMAND...: the command's output into RESULTS/LOG as it goes; status and time to the summary.
 run_phase() {
@@ -156,11 +166,14 @@ e2e() {
         rm -rf "$WORK/run-$kernel"
         TEACHER_DIR="$TEACHER" TRAIN_CONFIG="$CORPUS" L=6 NUM_RELATION_HEADS=48 STUDENT_NUM_LAYERS="${STUDENT[0]}" \
             STUDENT_HIDDEN_SIZE="${STUDENT[1]}" STUDENT_ATTENTION_HEADS="${STUDENT[2]}" NPROC=1 PRECISION=$PRECISION \
-            BATCH_SIZE=$BATCH MAX_SEQ_LEN=$SEQ MAX_STEPS=$E2E_STEPS WARMUP_STEPS=2 LOGGING_STEPS=$((E2E_STEPS / 2)) \
+            BATCH_SIZE=$BATCH MAX_SEQ_LEN=$SEQ MAX_STEPS=$E2E_STEPS WARMUP_STEPS=2 LOGGING_STEPS=$(((E2E_STEPS + 1) / 2)) \
             SAVE_STEPS=100000 REPORT_TO=none RELATION_KERNEL=$kernel PYTHON="$PYTHON" OUTPUT_DIR="$WORK/run-$kernel" \
-            bash run.sh
+            bash run.sh 2>&1 | tee "$WORK/run-$kernel.log"
         local code=$?
-        echo "== RELATION_KERNEL=$kernel: exit status $code"
+        # The whole run's rate counts start-up and compilation; the last logging interval is the steady state.
+        local steady
+        steady=$(grep -o "'tokens_per_s': '\?[0-9.]*" "$WORK/run-$kernel.log" | tail -n 1 | grep -o "[0-9.]*$")
+        echo "== RELATION_KERNEL=$kernel: exit status $code; last logging interval ${steady:-?} tokens/s"
         [ "$code" -eq 0 ] || status=$code
     done
     return "$status"
@@ -190,7 +203,7 @@ for phase in "${PHASES[@]}"; do
         ;;
     e2e)
         run_phase e2e e2e.log e2e
-        grep -E "^== RELATION_KERNEL|throughput" "$RESULTS/e2e.log" | tee -a "$SUMMARY"
+        grep -E "^== RELATION_KERNEL=.*: exit|^throughput" "$RESULTS/e2e.log" | tee -a "$SUMMARY"
         ;;
     largest)
         run_phase largest largest.log bench_step --skip speed --skip memory --no-relation-only --largest \

@@ -5,9 +5,9 @@
 It runs `torch.distributed.run` in this process and changes how it ends:
 - SIGTERM/SIGINT (SLURM, Ctrl-C, `kill`): torchrun passes the signal to the workers, which write a checkpoint
   and the student; this process then exits with 128 + signal instead of torchrun's traceback and status 1.
-  `--stop-timeout SECONDS` (run.sh's STOP_TIMEOUT, default 600, not torchrun's 30) is how long the workers get
-  to save before they are killed: passed on as torchrun's `--shutdown-timeout` where the installed torch has that
-  option (2.12 and newer), else enforced here on torchrun's process context (older torch waits a fixed 30 s).
+  `--stop-timeout SECONDS` (first; run.sh's STOP_TIMEOUT, default 600, not torchrun's 30) is how long the workers
+  get to save before they are killed: passed on as torchrun's `--shutdown-timeout` where the installed torch has
+  that option (2.12 and newer), else enforced here on torchrun's agent (older torch waits a fixed 30 s).
 - A worker that failed with a user error (status 2, its line already printed) or was stopped by a signal:
   that status is passed on; any other failure: one line naming the rank and its status (traceback above).
 
@@ -72,24 +72,16 @@ def main(argv: list[str] | None = None, torchrun: ModuleType | None = None) -> i
 
 
 def pop_stop_timeout(argv: list[str]) -> tuple[int | None, list[str]]:
-    """Our `--stop-timeout N` (or `=N`), taken out of the launcher options before torchrun parses them.
-
-    Only the options before the training script count: everything from the first argument that is not an
-    option of ours on is left as it is, so a script's own `--stop-timeout` is never taken.
-    """
-    for index, word in enumerate(argv):
-        if word == STOP_TIMEOUT_OPTION and index + 1 < len(argv):
-            value, rest = argv[index + 1], argv[:index] + argv[index + 2 :]
-        elif word.startswith(STOP_TIMEOUT_OPTION + "="):
-            value, rest = word.split("=", 1)[1], argv[:index] + argv[index + 1 :]
-        elif word in ("-m", "--module") or not word.startswith("-"):
-            break  # the training script and its arguments
-        else:
-            continue
-        if not value.isdigit():
-            raise UsageError(f"{STOP_TIMEOUT_OPTION} {value} must be a whole number of seconds")
-        return int(value), rest
-    return None, argv
+    """Our `--stop-timeout N` (or `=N`), when it comes first, and the rest for torchrun (which does not know it)."""
+    if argv[:1] == [STOP_TIMEOUT_OPTION] and len(argv) >= 2:
+        value, rest = argv[1], argv[2:]
+    elif argv[:1] and argv[0].startswith(STOP_TIMEOUT_OPTION + "="):
+        value, rest = argv[0].split("=", 1)[1], argv[1:]
+    else:
+        return None, argv
+    if not value.isdigit():
+        raise UsageError(f"{STOP_TIMEOUT_OPTION} {value} must be a whole number of seconds")
+    return int(value), rest
 
 
 def knows_option(torchrun: ModuleType, option: str) -> bool:
@@ -100,22 +92,23 @@ def knows_option(torchrun: ModuleType, option: str) -> bool:
 def enforce_stop_timeout(seconds: int) -> None:
     """Give the workers `seconds` to exit after a signal, on a torchrun without `--shutdown-timeout`.
 
-    Its agent stops the workers through `PContext.close(death_sig, timeout)` with a fixed 30 s: the public
-    method of torch.distributed.elastic.multiprocessing whose `timeout` is the wait before SIGKILL. Wrapping it
-    here sets that wait, whichever agent or release calls it.
+    Its agent stops the workers in `LocalElasticAgent._shutdown`, which closes their process context with a fixed
+    30 s wait before SIGKILL (torch 2.11). Here that one call waits `seconds`, as `--shutdown-timeout` makes it
+    do from torch 2.12 on; the context's other closes (a failed rank's fellows) keep their own wait.
     """
-    from torch.distributed.elastic.multiprocessing.api import PContext
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
-    close = PContext.close
-    if getattr(close, "stop_timeout", None) is not None:  # already wrapped (main called twice in one process)
-        close = close.__wrapped__
+    shutdown = getattr(LocalElasticAgent._shutdown, "__wrapped__", LocalElasticAgent._shutdown)
 
-    @functools.wraps(close)
-    def close_with_stop_timeout(self, death_sig=None, timeout=None):
-        return close(self, death_sig, seconds)
+    @functools.wraps(shutdown)
+    def shutdown_with_stop_timeout(self, *args, **kwargs):
+        context = self._pcontext
+        if context is not None:
+            close = context.close
+            context.close = lambda death_sig=None, timeout=None: close(death_sig, seconds)
+        return shutdown(self, *args, **kwargs)
 
-    close_with_stop_timeout.stop_timeout = seconds
-    PContext.close = close_with_stop_timeout
+    LocalElasticAgent._shutdown = shutdown_with_stop_timeout
 
 
 # ---- in the workers ----

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -147,7 +148,7 @@ class DistillationTrainer(Trainer):
         self.ranks = RankAgreement()
         self.train_loader: PrefetchLoader | None = None
         self._tokens_counted = 0  # this rank's tokens already added to state.num_input_tokens_seen
-        self._logged_wait = (0.0, 0)  # (loader wait seconds, global step) at the last log
+        self._last_log = (time.perf_counter(), 0, 0, 0.0)  # (time, global step, tokens seen, loader wait) then
         # The non-finite guard's device tensors (see _before_optimizer_step), made with the optimizer.
         self._update_guard = False
         self._nonfinite = self._loss_nonfinite = self._updates = self._first_bad = self._first_bad_loss = None
@@ -157,15 +158,19 @@ class DistillationTrainer(Trainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:
             logs["rss_mb"] = round(resident_memory_mb(), 1)  # this process's resident memory: growth shows here
-            if self.train_loader is not None:
-                wait, step = self._logged_wait
-                steps = max(1, self.state.global_step - step)
-                logs["data_wait_s"] = round((self.train_loader.wait_seconds - wait) / steps, 4)
-                self._logged_wait = (self.train_loader.wait_seconds, self.state.global_step)
+            # Since the last log line (the loss read there waited for the device, so the interval is exact):
+            # tokens/s of all ranks, and the seconds per step this rank waited for its batch.
+            now, wait = time.perf_counter(), self.train_loader.wait_seconds if self.train_loader else 0.0
+            then, step, tokens, waited = self._last_log
+            steps = max(1, self.state.global_step - step)
+            logs["tokens_per_s"] = round((self.state.num_input_tokens_seen - tokens) / (now - then))
+            logs["data_wait_s"] = round((wait - waited) / steps, 4)
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+            self._last_log = (now, self.state.global_step, self.state.num_input_tokens_seen, wait)
         super().log(logs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
+        self._last_log = (time.perf_counter(), self.state.global_step, self.state.num_input_tokens_seen, 0.0)
         try:
             return super().train(*args, **kwargs)
         finally:

@@ -47,13 +47,16 @@ def test_the_import_hook_hides_datasets_and_evaluate(device_image_env):
         assert f"ModuleNotFoundError: import of {name} halted" in found.stderr, found
 
 
-def test_the_bundle_holds_a_bf16_teacher_and_the_corpus_under_60_mib(device_image_env):
+def test_the_bundle_holds_a_bf16_teacher_the_corpus_and_the_code_version(device_image_env):
     bundle = Path(device_image_env["MINILMV2_ASSETS"])
     with safe_open(bundle / "teacher" / "model.safetensors", "pt") as weights:
         dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}  # noqa: SIM118
     assert dtypes == {"BF16"} or dtypes == {"BF16", "I64"}
+    assert json.loads((bundle / "teacher" / "config.json").read_text())["dtype"] == "bfloat16"
     assert (bundle / "corpus" / "train_config.json").is_file()
-    assert sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) < 60 * 2**20
+    assert re.fullmatch(
+        r"commit [0-9a-f]{7,}(-dirty)?, bundled \d{4}-\d\d-\d\d \d\d:\d\d UTC\n", (bundle / "code.txt").read_text()
+    )
 
 
 def test_the_rehearsal_runs_every_phase_and_returns_at_most_8_files(device_image_env, tmp_path):
@@ -73,9 +76,10 @@ def test_the_rehearsal_runs_every_phase_and_returns_at_most_8_files(device_image
         assert re.search(rf"^{kernel} +\d+\.\d+ +\d+\.\d+x .* 1\.24765$", summary, re.M), summary
         assert re.search(rf"^minilmv2 {kernel} +\d+\.\d+ ", summary, re.M), summary
     assert re.search(r"^reference +\d+\.\d+ ", summary, re.M)
-    syncs = re.search(r"^syncs per step: (\d+(\.\d+)?)$", summary, re.M)
-    assert syncs and float(syncs.group(1)) >= 0
+    # The real training loop reads no tensor value on the host between logging steps (threads included).
+    assert re.search(r"^syncs per step: 0$", summary, re.M), summary
     assert re.search(r"^throughput: [\d,]+ tokens/s", summary, re.M)
+    assert re.search(r"^== RELATION_KERNEL=torch: exit status 0; last logging interval \d+ tokens/s$", summary, re.M)
     # Run outputs stay out of the results: the student is in the work folder, fp32 though the teacher was bf16.
     student = work / "run-torch" / "student"
     assert json.loads((student / "config.json").read_text())["dtype"] == "float32"

@@ -42,10 +42,10 @@ WORKER = textwrap.dedent(
     """
 )
 
-# torchrun as torch 2.11 has it: no --shutdown-timeout in its parser, a fixed (here 1 s) wait before SIGKILL.
+# torchrun as torch 2.11 has it: no --shutdown-timeout in its parser, a fixed wait before SIGKILL (OLD_WAIT s).
 OLD_TORCHRUN_DRIVER = textwrap.dedent(
     """
-    import sys
+    import os, sys
     import torch.distributed.run as installed
     from minilmv2 import launch
 
@@ -65,7 +65,7 @@ OLD_TORCHRUN_DRIVER = textwrap.dedent(
         @staticmethod
         def parse_args(argv):
             args = OldTorchrun.get_args_parser().parse_args(argv)
-            args.shutdown_timeout = 1  # the old fixed wait before SIGKILL (30 s in torch 2.11), short for the test
+            args.shutdown_timeout = int(os.environ["OLD_WAIT"])  # its fixed wait before SIGKILL (2.11: 30 s)
             return args
 
         run = staticmethod(installed.run)
@@ -76,13 +76,16 @@ OLD_TORCHRUN_DRIVER = textwrap.dedent(
 )
 
 
-def run_and_stop(tmp_path: Path, stop_timeout: int, save_seconds: float) -> tuple[int, bool, str]:
-    """Launch one worker through the stand-in, SIGTERM the launcher once the worker runs: (status, saved, stderr)."""
+def run_and_stop(tmp_path: Path, stop_timeout: int, save_seconds: float, old_wait: int) -> tuple[int, bool, float, str]:
+    """Launch one worker through the stand-in, SIGTERM the launcher once the worker runs.
+
+    Returns the launcher's status, whether the worker saved, the seconds from the signal to the end, its stderr.
+    """
     (tmp_path / "worker.py").write_text(WORKER)
     (tmp_path / "driver.py").write_text(OLD_TORCHRUN_DRIVER)
     command = [sys.executable, str(tmp_path / "driver.py"), "--stop-timeout", str(stop_timeout), "--standalone"]
     command += ["--nproc-per-node", "1", str(tmp_path / "worker.py"), str(tmp_path), str(save_seconds)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OLD_WAIT": str(old_wait)}
     launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (tmp_path / "ready").exists():
@@ -90,20 +93,23 @@ def run_and_stop(tmp_path: Path, stop_timeout: int, save_seconds: float) -> tupl
         assert time.monotonic() < deadline, "the worker never started"
         time.sleep(0.1)
     launcher.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
     _, stderr = launcher.communicate(timeout=60)
-    return launcher.returncode, (tmp_path / "saved").exists(), stderr
+    return launcher.returncode, (tmp_path / "saved").exists(), time.monotonic() - stopped, stderr
 
 
 def test_an_old_torchrun_gets_the_stop_timeout_enforced_by_the_launcher(tmp_path):
-    status, saved, stderr = run_and_stop(tmp_path, stop_timeout=20, save_seconds=3)
+    """The old torchrun would kill the worker after 1 s; the launcher gives it the 20 s asked for."""
+    status, saved, _, stderr = run_and_stop(tmp_path, stop_timeout=20, save_seconds=3, old_wait=1)
     assert (status, saved) == (128 + signal.SIGTERM, True), stderr
     assert "Traceback" not in stderr and "unrecognized arguments" not in stderr
 
 
 def test_the_enforced_stop_timeout_is_the_one_asked_for(tmp_path):
-    """A timeout shorter than the save: the worker is killed before it saves (the wait is ours, not a default)."""
-    status, saved, stderr = run_and_stop(tmp_path, stop_timeout=1, save_seconds=4)
+    """The old torchrun would wait 10 s; asked for 1 s, the worker is killed before its 4 s save ends."""
+    status, saved, seconds, stderr = run_and_stop(tmp_path, stop_timeout=1, save_seconds=4, old_wait=10)
     assert (status, saved) == (128 + signal.SIGTERM, False), stderr
+    assert seconds < 4, seconds
 
 
 def test_a_torchrun_with_the_option_gets_it_passed_on():
@@ -134,15 +140,15 @@ def test_a_torchrun_with_the_option_gets_it_passed_on():
     ("argv", "expected"),
     [
         (["--stop-timeout", "600", "--standalone", "-m", "m"], (600, ["--standalone", "-m", "m"])),
-        (["--standalone", "--stop-timeout=0", "-m", "m"], (0, ["--standalone", "-m", "m"])),
+        (["--stop-timeout=0", "--nproc-per-node", "4", "-m", "m"], (0, ["--nproc-per-node", "4", "-m", "m"])),
         (
             ["--standalone", "-m", "m", "--stop-timeout", "5"],
             (None, ["--standalone", "-m", "m", "--stop-timeout", "5"]),
         ),
-        (["script.py", "--stop-timeout", "5"], (None, ["script.py", "--stop-timeout", "5"])),
+        (["--stop-timeout"], (None, ["--stop-timeout"])),  # no value: torchrun refuses the unknown option
     ],
 )
-def test_pop_stop_timeout_takes_only_the_launchers_option(argv, expected):
+def test_pop_stop_timeout_takes_the_launchers_option_only_when_it_comes_first(argv, expected):
     assert launch.pop_stop_timeout(argv) == expected
 
 

@@ -261,20 +261,51 @@ def test_overwrite_output_dir_replaces_a_finished_run(setup, tmp_path, capsys):
 # ---- faults ----
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys):
+@pytest.mark.parametrize(("save_steps", "logging_steps"), [(1, 1), (4, 1000)])
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    setup, tmp_path, capsys, save_steps, logging_steps
+):
+    """Read at logging and save steps only: with a save every step it stops at step 2; with the first save at step
+    4 and no logging before, the bad step 2 is still the one named, and nothing is saved at 4 or exported."""
     out = tmp_path / "out"
     # An absurd learning rate: step 1 is fine, its update overflows the student, step 2's loss is NaN.
-    argv = distill_argv(setup["teacher"], setup["train"], out, max_steps=5)
-    argv = edit(edit(argv, "--learning_rate", "1e30"), "--save_steps", "1")
+    argv = distill_argv(setup["teacher"], setup["train"], out, max_steps=6)
+    argv = edit(edit(edit(argv, "--learning_rate", "1e30"), "--save_steps", str(save_steps)),
+                "--logging_steps", str(logging_steps))  # fmt: skip
     status, _, stderr = run_main(argv, capsys)
     assert status == 1
     (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert "the distillation loss became nan at step 2" in message
-    assert f"Last good checkpoint: {out / 'checkpoint-1'}." in message and "Traceback" not in stderr
-    assert last_complete_checkpoint(out) == out / "checkpoint-1" and not (out / "checkpoint-2").exists()
-    weights = load_file(out / "checkpoint-1" / "student" / "model.safetensors")
-    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert "the distillation loss became nan at step 2" in message and "Traceback" not in stderr
+    if save_steps == 1:
+        assert f"Last good checkpoint: {out / 'checkpoint-1'}." in message
+        assert last_complete_checkpoint(out) == out / "checkpoint-1" and not (out / "checkpoint-2").exists()
+        weights = load_file(out / "checkpoint-1" / "student" / "model.safetensors")
+        assert all(torch.isfinite(w).all() for w in weights.values())
+    else:
+        assert "Last good checkpoint: none (no checkpoint yet)." in message
+        assert not list(out.glob("checkpoint-*"))
     assert not (out / "student").exists()  # no export of a broken student
+
+
+def test_a_training_step_reads_no_tensor_value_on_the_host(setup, tmp_path, capsys):
+    """Between logging steps a step must not wait for the device: no item/tolist/bool/... of a tensor, in any thread.
+    Counted over two runs of different lengths, so start-up, the first step and the final save cancel out."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from count_syncs import count_host_reads
+
+    with count_host_reads(cuda=False) as reads:
+        torch.ones(2).sum().item(), bool(torch.ones(1)), torch.ones(2).tolist()  # the counter counts
+    assert sum(reads.values()) == 3
+
+    counts = []
+    for steps in (2, 5):
+        argv = edit(distill_argv(setup["teacher"], setup["train"], tmp_path / f"out-{steps}", max_steps=steps),
+                    "--logging_steps", "1000")  # fmt: skip
+        with count_host_reads(cuda=False) as reads:
+            assert run_main(argv, capsys)[0] == 0
+        counts.append(reads)
+    added = counts[1] - counts[0]
+    assert sum(counts[1].values()) - sum(counts[0].values()) == 0, f"reads per 3 steps: {dict(added)}"
 
 
 def start_run(argv: list[str]) -> subprocess.Popen:
@@ -614,14 +645,22 @@ def test_latest_skips_a_corrupt_newest_checkpoint_and_intervals_given_now_win(un
     assert (out / "checkpoint-5" / COMPLETE_MARKER).is_file()  # every 5 steps now (3 would not save at 5)
 
 
-def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path):
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LR", "-1", "LR=-1.0 is not valid; give a positive learning rate such as 6e-4"),
+        ("STOP_TIMEOUT", "10m", "STOP_TIMEOUT=10m must be a whole number of seconds (the workers' time to save on "
+         "SIGTERM)"),
+    ],
+)  # fmt: skip
+def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path, variable, value, message):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable, "TEACHER_DIR": str(setup["teacher"]),
-           "TRAIN_CONFIG": str(setup["train"]), "OUTPUT_DIR": str(tmp_path / "out"), "LR": "-1",
+           "TRAIN_CONFIG": str(setup["train"]), "OUTPUT_DIR": str(tmp_path / "out"), variable: value,
            "NPROC": "1", "PRECISION": "none"}  # fmt: skip
     script = Path(__file__).resolve().parents[2] / "run.sh"
     result = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr == "error: LR=-1.0 is not valid; give a positive learning rate such as 6e-4\n"
+    assert result.stderr == f"error: {message}\n"
     assert not (tmp_path / "out").exists()
 
 
