@@ -36,11 +36,11 @@ if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
     exit 2
 fi
 # Paths the caller gives are the caller's: made absolute before the script moves to the repository root.
-RESULTS=$(realpath -m -- "$1")
+RESULTS=$(realpath -ms -- "$1")
 shift
-[ -n "${GPU_CHECK_WORK:-}" ] && GPU_CHECK_WORK=$(realpath -m -- "$GPU_CHECK_WORK")
-[ -n "${MINILMV2_ASSETS:-}" ] && MINILMV2_ASSETS=$(realpath -m -- "$MINILMV2_ASSETS")
-[[ "${PYTHON:-}" == */* ]] && PYTHON=$(realpath -m -- "$PYTHON")
+[ -n "${GPU_CHECK_WORK:-}" ] && GPU_CHECK_WORK=$(realpath -ms -- "$GPU_CHECK_WORK")
+[ -n "${MINILMV2_ASSETS:-}" ] && MINILMV2_ASSETS=$(realpath -ms -- "$MINILMV2_ASSETS")
+[[ "${PYTHON:-}" == */* ]] && PYTHON=$(realpath -ms -- "$PYTHON")
 cd "$REPO" || exit 2
 PHASES=("$@")
 [ ${#PHASES[@]} -eq 0 ] && PHASES=(tests relation step syncs e2e)
