@@ -117,7 +117,6 @@ def load_corpus_config(path: str | os.PathLike, option: str = "--train_config") 
         if not isinstance(raw["hub"], str) or not raw["hub"]:
             raise UsageError(f'{option} {path}: "hub" must be a dataset name such as "wikimedia/wikipedia"')
         _refuse_remote_when_offline([f"hub dataset {raw['hub']}"], option, path)
-        _refuse_without_datasets(f"hub dataset {raw['hub']}", option, path)
         return CorpusConfig((), "hub", tuple(columns), raw["hub"], raw.get("name"), raw.get("split", "train"))
 
     fmt = FORMAT_ALIASES.get(raw.get("format", "text"), raw.get("format", "text"))
@@ -135,20 +134,28 @@ def load_corpus_config(path: str | os.PathLike, option: str = "--train_config") 
     if fmt == "text" and columns != ["text"]:
         raise UsageError(f'{option} {path}: the text format has one column, "text"; got columns {columns!r}')
     _refuse_empty_corpus(sources, option, path)
-    read_by_datasets = [s for s in sources if not is_byte_splittable(s, fmt)]
-    if read_by_datasets:
-        _refuse_without_datasets(f"corpus file {read_by_datasets[0]}", option, path)
     return CorpusConfig(tuple(sources), fmt, tuple(columns))
 
 
-def _refuse_without_datasets(what: str, option: str, path: Path) -> None:
-    """The datasets package reads hub datasets, remote, compressed, CSV and parquet files; plain local text and
-    JSON lines need nothing but Python. Without it installed, say so before anything starts."""
-    if importlib.util.find_spec("datasets") is None:
-        raise UsageError(
-            f"{option} {path}: {what} is read through the datasets package, which is not installed; "
-            "pip install datasets, or use uncompressed local text or JSON-lines files"
-        )
+def missing_reader_problem(config: CorpusConfig) -> str | None:
+    """What needs the datasets package when it is not installed, or None.
+
+    It reads hub datasets and remote, compressed, CSV, parquet and JSON-array files; plain local text and JSON
+    lines need nothing but Python (the GPU machine's image has no datasets).
+    """
+    if importlib.util.find_spec("datasets") is not None:
+        return None
+    if config.hub is not None:
+        what = f"hub dataset {config.hub}"
+    else:
+        needing = [s for s in config.sources if not is_byte_splittable(s, config.format)]
+        if not needing:
+            return None
+        what = f"corpus file {needing[0]}"
+    return (
+        f"{what} is read through the datasets package, which is not installed; pip install datasets, or use "
+        "uncompressed local text or JSON-lines files"
+    )
 
 
 def _expand_source(url: str, base: Path, option: str, config_path: Path) -> list[str]:

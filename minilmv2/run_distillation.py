@@ -563,7 +563,7 @@ def stream_options(data_args, training_args, tokenizer) -> dict:
 def make_plan(argv: list[str]) -> Plan:
     """Every check, cheapest first; reads configs, headers, the tokenizer and the corpus's first records only."""
     from minilmv2.checkpoints import validate_checkpoint
-    from minilmv2.data import first_record_problem, first_tokens_problem, load_corpus_config
+    from minilmv2.data import first_record_problem, first_tokens_problem, load_corpus_config, missing_reader_problem
     from minilmv2.launch import check_output_lock
 
     data_args, model_args, training_args, run_options = parse_args(argv)
@@ -628,7 +628,7 @@ def make_plan(argv: list[str]) -> Plan:
         if config is None:
             continue
         path = data_args.train_config if option == "--train_config" else data_args.val_config
-        problem = first_record_problem(config)
+        problem = first_record_problem(config) or missing_reader_problem(config)
         if problem:
             raise UsageError(f"{option} {path}: {problem}")
         ranks = range(world_size) if option == "--train_config" else [0]  # held-out text is read whole by all

@@ -4,6 +4,7 @@ which the GPU machine's image lacks (blocked here by an import hook on PYTHONPAT
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -113,3 +114,27 @@ def test_bad_arguments_are_one_line_and_status_2(args, expected, tmp_path):
     )
     assert done.returncode == 2 and done.stderr.startswith(expected) and done.stderr.count("\n") == 1, done.stderr
     assert not (tmp_path / "R").exists()
+
+
+def test_a_corpus_that_needs_datasets_is_refused_in_one_line_where_it_is_missing(device_image_env, tmp_path):
+    bundle = Path(device_image_env["MINILMV2_ASSETS"])
+    compressed = tmp_path / "wiki-00.txt.gz"
+    compressed.write_bytes(gzip.compress((bundle / "corpus" / "wiki-00.txt").read_bytes()[:20_000]))
+    config = tmp_path / "gz.json"
+    config.write_text(json.dumps({"urls": [str(compressed)], "format": "text"}))
+    argv = ["--train_config", str(config), "--input_model_dir", str(bundle / "teacher"), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "1", "--student_hidden_size", "384", "--student_num_layers", "2",
+            "--student_attention_heads", "12", "--L", "6", "--num_relation_heads", "48", "--validate_only"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "minilmv2.run_distillation", *argv],
+        cwd=REPO,
+        env=device_image_env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"error: --train_config {config}: corpus file {compressed} is read through the datasets package, which is "
+        "not installed; pip install datasets, or use uncompressed local text or JSON-lines files\n"
+    )
+    assert not (tmp_path / "out").exists()
