@@ -1,4 +1,4 @@
-"""Where each encoder architecture's attention takes its Q/K/V, and how the distiller captures them.
+"""The architecture facts (one table, `ENCODER_LAYOUTS`), and how the distiller captures Q/K/V with them.
 
 MiniLMv2 compares the query, key and value vectors of one self-attention layer. The distiller does not rebuild
 any part of a model: each model runs its *own* forward (its embeddings, masks, positions, norms), and the Q/K/V
@@ -16,9 +16,10 @@ Two ways to capture, both declared per architecture in `ENCODER_LAYOUTS` (keyed 
   nn.Linear projections. No rotary embeddings there: what the projections return is what the scores use.
 
 Adding an architecture: one `EncoderLayout` line with the path of its layer list, of the module that calls the
-attention function (or of its three projections), of the nn.Linear that produces Q (to read the width), and
-which config fields the student must resize. Paths are relative to the base model (`BertModel`, not
-`BertForMaskedLM`).
+attention function (or of its three projections), which config fields the student must resize, whether its
+position ids start after the padding index, and its masked-LM head (for sequence-to-sequence fine-tuning).
+Every other module asks this table (`layout_for`, `usable_positions`, `first_position_id`, `lm_head_path`,
+`seq2seq_model_types`). Paths are relative to the base model (`BertModel`, not `BertForMaskedLM`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class EncoderLayout:
     # Student config fields and what they follow: "hidden" (student hidden size), "ffn" (student FFN size) or
     # "head" (hidden / heads). A field other than the FFN one is set only when the teacher's config has it.
     sized_fields: tuple[tuple[str, str], ...] = (("intermediate_size", "ffn"),)
+    # Position ids start after the padding index (RoBERTa's embeddings): pad_token_id + 1 positions are reserved.
+    position_offset: bool = False
+    # Attribute path(s) of the masked-LM head in the *ForMaskedLM model, applied in turn to the hidden states;
+    # None: hf_run_seq2seq.py does not fine-tune this architecture.
+    lm_head: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.attention is None and self.projections is None:
@@ -64,11 +70,15 @@ class EncoderLayout:
 
 
 ENCODER_LAYOUTS: dict[str, EncoderLayout] = {
-    "bert": EncoderLayout(),
-    "roberta": EncoderLayout(),
-    "xlm-roberta": EncoderLayout(),
+    "bert": EncoderLayout(lm_head=("cls",)),
+    "roberta": EncoderLayout(position_offset=True, lm_head=("lm_head",)),
+    "xlm-roberta": EncoderLayout(position_offset=True, lm_head=("lm_head",)),
+    "camembert": EncoderLayout(position_offset=True),  # RoBERTa's code under another name
     # ELECTRA projects a small embedding to the hidden size; a student embeds straight into its hidden size.
-    "electra": EncoderLayout(sized_fields=(("intermediate_size", "ffn"), ("embedding_size", "hidden"))),
+    "electra": EncoderLayout(
+        sized_fields=(("intermediate_size", "ffn"), ("embedding_size", "hidden")),
+        lm_head=("generator_predictions", "generator_lm_head"),
+    ),
     "distilbert": EncoderLayout(
         layers="transformer.layer",
         attention="attention",
@@ -77,7 +87,9 @@ ENCODER_LAYOUTS: dict[str, EncoderLayout] = {
     ),
     # Rotary embeddings are applied inside `attn`, after Wqkv: the attention function sees the rotated Q and K.
     "modernbert": EncoderLayout(layers="layers", attention="attn", projections=None, fused_projection="attn.Wqkv"),
-    "mpnet": EncoderLayout(attention=None, projections=("attention.attn.q", "attention.attn.k", "attention.attn.v")),
+    "mpnet": EncoderLayout(
+        attention=None, projections=("attention.attn.q", "attention.attn.k", "attention.attn.v"), position_offset=True
+    ),
     "deberta-v2": EncoderLayout(
         attention=None,
         projections=("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
@@ -114,12 +126,39 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     return base_model(model).get_submodule(layout_for(model).layers)
 
 
-def qkv_width(model: nn.Module, layer: int) -> int:
-    """Width H of the Q/K/V states of `layer` (1-based): all heads together, the size split into relation heads."""
-    layout = layout_for(model)
-    if layout.fused_projection is not None:
-        return encoder_layers(model)[layer - 1].get_submodule(layout.fused_projection).out_features // 3
-    return qkv_projection(model, layer - 1, QUERY).out_features
+def usable_positions(config) -> int | None:
+    """Sequence length the position embeddings allow: max_position_embeddings, less the pad_token_id + 1 positions
+    an offset architecture reserves; None when the config has no position table (relative positions only)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and _has_position_offset(config):
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
+
+
+def first_position_id(config) -> int:
+    """The position id of a sequence's first token: pad_token_id + 1 in offset architectures, else 0."""
+    return config.pad_token_id + 1 if _has_position_offset(config) else 0
+
+
+def _has_position_offset(config) -> bool:
+    layout = ENCODER_LAYOUTS.get(getattr(config, "model_type", None))
+    return layout is not None and layout.position_offset
+
+
+def seq2seq_model_types() -> list[str]:
+    """The architectures hf_run_seq2seq.py fine-tunes: those with a masked-LM head in the table."""
+    return sorted(name for name, layout in ENCODER_LAYOUTS.items() if layout.lm_head is not None)
+
+
+def lm_head_path(model_type: str) -> tuple[str, ...]:
+    """Attribute path(s) of the masked-LM head of `model_type`; ValueError naming the supported ones otherwise."""
+    layout = ENCODER_LAYOUTS.get(model_type)
+    if layout is None or layout.lm_head is None:
+        raise ValueError(
+            f"model_type {model_type!r} has no masked-LM head for sequence-to-sequence fine-tuning; supported: "
+            + ", ".join(seq2seq_model_types())
+        )
+    return layout.lm_head
 
 
 def qkv_projection(model: nn.Module, layer_index: int, kind: int) -> nn.Linear:

@@ -23,7 +23,7 @@ def parse_script_arguments(
 ):
     """Dataclasses from argv, or from one .json file, through HfArgumentParser; every error is one UsageError.
 
-    renamed: {old flag: advice} for flags of older scripts that no longer exist (--per_gpu_train_batch_size...).
+    renamed: {flag: advice} for the seed scripts' flags that transformers 5 lacks (--per_gpu_train_batch_size...).
     unless_given: {field: value} set when neither the command line nor the .json file sets it (values that
     must be known at parse time, such as TrainingArguments' use_cpu). parser_kwargs go to HfArgumentParser.
     """

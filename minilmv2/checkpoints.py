@@ -90,7 +90,7 @@ def student_fingerprint_problem(checkpoint: str | os.PathLike) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None  # the stream position checks report a missing or unreadable record
     if not expected:
-        return None
+        return f"{DATA_STATE_DIR}/rank-0.json records no student fingerprint"
     try:
         config = AutoConfig.from_pretrained(checkpoint / STUDENT_DIR)
         with torch.device("meta"):

@@ -364,7 +364,7 @@ def byte_range(size: int, piece: int, pieces: int) -> tuple[int, int]:
 
 
 def as_position(position: int | list | tuple) -> tuple[int, int]:
-    """(record, skip): a unit position as stored; a bare int (positions saved before pieces existed) skips 0."""
+    """(record, skip): a unit position as stored; a bare int (a unit's start, 0) skips nothing."""
     if isinstance(position, int):
         return position, 0
     record, skip = position
@@ -685,9 +685,8 @@ class TokenStream(torch.utils.data.IterableDataset):
         self.epoch, self.unit_index = state["epoch"], state["unit_index"]
         self.unit_position = state["unit_position"]
         self.pending, self.buffer = list(state["pending"]), [list(s) for s in state["buffer"]]
-        self.open_document = state.get("open_document", False)
-        # Positions saved before this count existed: assume the pass has produced tokens (it had, to be saved).
-        self.tokens_in_pass = state.get("tokens_in_pass", 1)
+        self.open_document = state["open_document"]
+        self.tokens_in_pass = state["tokens_in_pass"]
         self.rng.setstate(_rng_state_from_json(state["rng"]))
         self.examples_yielded = state["examples_yielded"]
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line, user_names
 from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
 
-# The reference's group words: optional separators now, dropped before parsing (run.sh still writes them).
+# The reference's group words: optional separators, dropped before parsing (its command lines and run.sh have them).
 GROUPS = ("data_params", "training_params", "model_params")
 VALIDATE_ONLY_FLAG = "--validate_only"
 LATEST = ("latest", "last", "true", "True")
@@ -61,8 +61,6 @@ WEIGHT_FILES = (
 )
 # Any of these makes a folder loadable by AutoTokenizer (fast tokenizer, WordPiece, BPE or SentencePiece files).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
-# Models whose position ids start after the padding index: max_position_embeddings - (pad_token_id + 1) usable.
-PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "mpnet")
 
 
 @dataclasses.dataclass
@@ -128,7 +126,7 @@ class ModelArguments:
 
 @dataclasses.dataclass
 class RunOptions:
-    """Options of this script that TrainingArguments (transformers 5) no longer has."""
+    """Options of this script that transformers 5's TrainingArguments does not have."""
 
     overwrite_output_dir: bool = dataclasses.field(
         default=False, metadata={"help": "start afresh in an --output_dir that holds an earlier run"}
@@ -409,14 +407,6 @@ def check_tokenizer_dir(model_args) -> None:
         )
 
 
-def usable_positions(teacher_config) -> int | None:
-    """Sequence length the teacher's position embeddings allow (RoBERTa-style models reserve pad_token_id + 1)."""
-    max_positions = getattr(teacher_config, "max_position_embeddings", None)
-    if max_positions and teacher_config.model_type in PADDING_OFFSET_MODELS:
-        max_positions -= (teacher_config.pad_token_id or 0) + 1
-    return max_positions
-
-
 def shape_flag_names():
     """The distiller's shape check names its values by this command line's flags (minilmv2.shapes.ShapeNames)."""
     from minilmv2.shapes import ShapeNames
@@ -457,6 +447,8 @@ def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -
         )
     except ValueError as err:
         raise UsageError(one_line(err)) from None
+    from minilmv2.architectures import usable_positions
+
     max_positions = usable_positions(teacher_config)
     if max_seq_len < 3 or (max_positions and max_seq_len > max_positions):
         raise UsageError(f"--max_seq_len {max_seq_len} must be in 3..{max_positions} (the teacher's positions)")

@@ -1,12 +1,12 @@
 """Load the repository's metrics as `evaluate` modules, offline.
 
-Every metric the scripts report lives in `metrics/<name>/<name>.py` at the repository root: an
+Every metric the scripts report lives in `minilmv2/metrics/<name>/<name>.py`, inside the package: an
 `evaluate.Metric` subclass with the inputs and outputs of the hub module of the same name where one exists
 (glue, squad, squad_v2, rouge, sacrebleu, ...). The hub's copies cannot be fetched offline, but `evaluate.load`
 accepts a local folder, so the scripts read
 
-    metric = load_metric("squad_v2")                  # = evaluate.load("<repo>/metrics/squad_v2")
-    metric = load_metric("glue", config_name="mrpc")  # = evaluate.load("<repo>/metrics/glue", "mrpc")
+    metric = load_metric("squad_v2")                  # = evaluate.load(".../minilmv2/metrics/squad_v2")
+    metric = load_metric("glue", config_name="mrpc")  # = evaluate.load(".../minilmv2/metrics/glue", "mrpc")
 
 the way Hugging Face's examples read `evaluate.load("squad_v2")`. A module may import only installed
 packages (evaluate checks every import line, and misreads `import a, b` written on one line).
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from minilmv2.errors import UsageError
 
-# The package is installed editable, so its parent is the checkout that holds metrics/.
-METRICS_DIR = Path(__file__).resolve().parents[2] / "metrics"
+# Package data: shipped with the package (installed or not); the checkout's top-level metrics/ links here.
+METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 
 
 def metric_path(name: str) -> Path:

@@ -551,16 +551,6 @@ def load_task_metric(spec: TaskSpec):
     return load_metric(*metric_name(spec))
 
 
-def compute_metrics(spec: TaskSpec, predictions: np.ndarray, references: np.ndarray, metric=None) -> dict[str, float]:
-    """The task's metric(s) as plain floats in [0, 1] / [-1, 1] (run_glue's keys, no `eval_` prefix).
-
-    predictions: (N,) class ids, or (N,) floats for regression; references: (N,) the same kind.
-    metric: the module from `load_task_metric(spec)`, to load it once for many calls.
-    """
-    metric = metric if metric is not None else load_task_metric(spec)
-    return metric.compute(predictions=np.asarray(predictions), references=np.asarray(references))
-
-
 def task_summary(spec: TaskSpec) -> str:
     """One line describing a task's labels, for the script's start-up print."""
     kind = "regression" if spec.is_regression else f"{spec.num_labels} classes ({', '.join(spec.label_names)})"

@@ -142,10 +142,6 @@ def to_dataset(data: SquadFile):
     return datasets.Dataset.from_dict(data.rows, features=features)
 
 
-def answer_is_in_context(context: str, text: str, start: int) -> bool:
-    return context[start : start + len(text)] == text
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Windows (features)
 

@@ -44,6 +44,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from minilmv2.checkout import checkout_root, user_cache_dir
 from minilmv2.errors import UsageError, exit_on_usage_error
 
 PARTS = ("teacher", "corpus", "tasks")  # what a plain run fetches
@@ -534,12 +535,17 @@ def parse_parts(only: str | None, mpnet: bool = False) -> list[str]:
 
 
 def default_dest() -> Path:
-    """The one place the assets live: $MINILMV2_ASSETS, else <repo>/.assets (whatever the working directory).
+    """The one place the assets live: $MINILMV2_ASSETS, else <checkout>/.assets when the package runs from a
+    checkout (whatever the working directory), else the user's cache folder (~/.cache/minilmv2/assets), never
+    the install folder.
 
     Everything that reads assets (sentence_tasks' offline tasks, the quickstart, the benchmarks, the tests)
     calls this, so a fetch and its readers always agree.
     """
-    return Path(os.environ.get("MINILMV2_ASSETS", Path(__file__).resolve().parents[2] / ".assets")).resolve()
+    if os.environ.get("MINILMV2_ASSETS"):
+        return Path(os.environ["MINILMV2_ASSETS"]).resolve()
+    root = checkout_root()
+    return root / ".assets" if root is not None else user_cache_dir() / "assets"
 
 
 @exit_on_usage_error

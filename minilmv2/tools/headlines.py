@@ -27,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+from minilmv2.checkout import checkout_root, require_checkout
 from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.tools.assets import default_dest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------------------
 # HEADLINE VALUES: the hf_run_seq2seq.py arguments, the same for the three models. Edit here.
@@ -114,7 +113,7 @@ def write_jsonl(examples: list[dict[str, str]], path: Path) -> None:
 
 def lead_baseline(train: list[dict[str, str]], dev: list[dict[str, str]]) -> dict[str, float]:
     """ROUGE of the body's first k words, k the mean title length in words on train (rounded)."""
-    sys.path.insert(0, str(REPO_ROOT))
+    sys.path.insert(0, str(checkout_root()))
     from hf_run_seq2seq import score
 
     words = round(sum(len(e["tgt"].split()) for e in train) / len(train))
@@ -128,7 +127,7 @@ def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None)
 
     if given is not None:
         return given
-    quick = REPO_ROOT / "runs" / "quickstart"
+    quick = checkout_root() / "runs" / "quickstart"
     values_file = quick / quickstart.VALUES_FILE
     student = quick / "distill" / "student"
     if finished_distillation(quick / "distill") and values_file.is_file():
@@ -181,7 +180,7 @@ def timed_stage(out_dir: Path, title: str, command: list[str], env_values: dict[
     print(f"\n=== {title} ===\n{' '.join(command)}", flush=True)
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_values or {})}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env)
+    result = subprocess.run(command, cwd=checkout_root(), env=env)
     if result.returncode != 0:
         raise SystemExit(f"headlines: {title} failed (exit {result.returncode}); its output is above")
     times_path = out_dir / TIMES_FILE
@@ -240,6 +239,7 @@ def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
+    require_checkout("python -m minilmv2.tools.headlines")
     from minilmv2.tools import quickstart
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -29,10 +29,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from minilmv2.checkout import checkout_root, require_checkout
 from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.tools.assets import default_dest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -106,7 +105,7 @@ def run_stage(title: str, command: list[str], env_values: dict[str, str], out_di
     print(" ".join(f"{key}={value!r}" for key, value in env_values.items()), " ".join(command), flush=True)
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_values}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env)
+    result = subprocess.run(command, cwd=checkout_root(), env=env)
     if result.returncode != 0:
         raise SystemExit(f"quickstart: {title} failed (exit {result.returncode}); its output is above")
     seconds = read_stage_seconds(out_dir)
@@ -294,6 +293,7 @@ def finished_distillation(distill_dir: Path) -> bool:
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
+    require_checkout("python -m minilmv2.tools.quickstart")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=Path("runs/quickstart"))
     parser.add_argument("--assets", type=Path, default=default_dest())

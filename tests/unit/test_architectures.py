@@ -26,6 +26,7 @@ AFTER_THE_PROJECTIONS = {
     "bert": ("attention.output.dense", "intermediate.dense"),
     "roberta": ("attention.output.dense", "intermediate.dense"),
     "xlm-roberta": ("attention.output.dense", "intermediate.dense"),
+    "camembert": ("attention.output.dense", "intermediate.dense"),
     "electra": ("attention.output.dense", "intermediate.dense"),
     "distilbert": ("attention.out_lin", "ffn.lin1"),
     "modernbert": ("attn.Wo", "mlp.Wi"),

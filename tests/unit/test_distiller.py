@@ -19,6 +19,7 @@ from reference_minilm import make_mask, per_sample_relation_loss, recorded_qkv, 
 from transformers import (
     AutoModel,
     BertConfig,
+    CamembertConfig,
     DebertaV2Config,
     DistilBertConfig,
     ElectraConfig,
@@ -52,6 +53,7 @@ ARCHITECTURES = {
     "bert": lambda: BertConfig(**TINY),
     "roberta": lambda: RobertaConfig(**TINY, pad_token_id=1, type_vocab_size=1),
     "xlm-roberta": lambda: XLMRobertaConfig(**TINY, pad_token_id=1, type_vocab_size=1),
+    "camembert": lambda: CamembertConfig(**TINY, pad_token_id=1, type_vocab_size=1),
     "electra": lambda: ElectraConfig(**TINY, embedding_size=16),
     "distilbert": lambda: DistilBertConfig(
         vocab_size=50, dim=48, n_layers=3, n_heads=4, hidden_dim=64, max_position_embeddings=40, dropout=0.0,
@@ -68,7 +70,7 @@ ARCHITECTURES = {
         pos_att_type="p2c|c2p", share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False,
     ),
 }  # fmt: skip
-PAD_IDS = {"roberta": 1, "xlm-roberta": 1, "mpnet": 1}
+PAD_IDS = {"roberta": 1, "xlm-roberta": 1, "camembert": 1, "mpnet": 1}
 
 
 def tiny_pair(arch: str, student_layers: int = 2, student_hidden: int = 24, student_heads: int = 2, seed: int = 0):

@@ -15,7 +15,7 @@ from transformers import (
     RobertaConfig,
 )
 
-from minilmv2.architectures import qkv_width
+from minilmv2.architectures import encoder_layers, layout_for, qkv_projection
 from minilmv2.relations import DEFAULT_RELATIONS, V1_RELATIONS, relations_literal
 from minilmv2.run_distillation import shape_flag_names
 from minilmv2.shapes import (
@@ -40,6 +40,14 @@ CONFIGS = {
     "deberta-v2 head size 16": lambda: DebertaV2Config(**SHAPE, type_vocab_size=0, attention_head_size=16),
 }  # fmt: skip
 FLAGS = shape_flag_names()  # the names run_distillation's start-up check uses
+
+
+def qkv_width(model, layer: int) -> int:
+    """Width H of the Q/K/V states of `layer` (1-based), read off the model's own projection."""
+    layout = layout_for(model)
+    if layout.fused_projection is not None:
+        return encoder_layers(model)[layer - 1].get_submodule(layout.fused_projection).out_features // 3
+    return qkv_projection(model, layer - 1, 1).out_features
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
