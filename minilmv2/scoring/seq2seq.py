@@ -26,7 +26,7 @@ the cache always holds exactly what a full re-encoding would compute for the sou
 
 Architectures: those whose masked-LM model accepts a prepared 4D attention mask and a `past_key_values`
 cache through the bare encoder (in transformers 5.23 a 4D mask passes through `masking_utils` unchanged):
-BERT, RoBERTa / XLM-R, ELECTRA (see `LM_HEADS`).
+BERT, RoBERTa / XLM-R, ELECTRA (the architectures with an `lm_head` in `minilmv2.architectures`).
 """
 
 from __future__ import annotations
@@ -37,18 +37,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from minilmv2.architectures import first_position_id, lm_head_path
+
 # Slot kinds of the layout above.
 PAD, SOURCE, TARGET, PSEUDO = -1, 0, 1, 2
-
-# model_type -> attribute path of the masked-LM head applied to the encoder's hidden states.
-LM_HEADS: dict[str, tuple[str, ...]] = {
-    "bert": ("cls",),
-    "roberta": ("lm_head",),
-    "xlm-roberta": ("lm_head",),
-    "electra": ("generator_predictions", "generator_lm_head"),
-}
-# RoBERTa-family position ids start after the padding index (pad_token_id + 1).
-OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta")
 
 
 @dataclass(frozen=True)
@@ -66,11 +58,6 @@ class SpecialIds:
         if any(value is None for value in ids):
             raise ValueError("the tokenizer needs cls, sep, mask and pad tokens for UniLM-style s2s")
         return cls(*ids)
-
-
-def position_offset(config) -> int:
-    """First position id of a sequence: pad_token_id + 1 for RoBERTa-family embeddings, else 0."""
-    return config.pad_token_id + 1 if config.model_type in OFFSET_POSITION_TYPES else 0
 
 
 def s2s_attention_mask(
@@ -170,15 +157,13 @@ class Seq2SeqLM:
 
     def __init__(self, model: nn.Module, special: SpecialIds):
         config = model.config
-        if config.model_type not in LM_HEADS:
-            supported = ", ".join(sorted(LM_HEADS))
-            raise ValueError(f"model_type {config.model_type!r} is not supported for s2s; supported: {supported}")
+        head = lm_head_path(config.model_type)  # ValueError naming the supported architectures
         self.model = model
         self.special = special
         self.encoder = model.base_model
-        self.head_parts = [getattr(model, name) for name in LM_HEADS[config.model_type]]
+        self.head_parts = [getattr(model, name) for name in head]
         self.use_segments = getattr(config, "type_vocab_size", 1) >= 2
-        self.first_position = position_offset(config)
+        self.first_position = first_position_id(config)
 
     def batch(self, sources, targets, **widths) -> dict[str, torch.Tensor]:
         return training_batch(sources, targets, self.special, self.use_segments, self.first_position, **widths)
@@ -392,3 +377,6 @@ def beam_search(s2s: Seq2SeqLM, sources: Sequence[Sequence[int]], settings: Beam
         best = max(pool, key=lambda item: item[0]) if pool else (0.0, [])
         results.append(best[1])
     return results
+
+
+position_offset = first_position_id  # TEMPORARY: hf_run_seq2seq.py moves to the architecture table next
