@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -40,34 +39,33 @@ import numpy as np  # noqa: E402
 
 from minilmv2.arguments import parse_script_arguments  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line  # noqa: E402, F401 (one_line: its tests call it)
-from minilmv2.scoring import sentence_tasks  # noqa: E402
-from minilmv2.scoring.finetune_checks import (  # noqa: E402
+from minilmv2.scoring import finetune, sentence_tasks  # noqa: E402
+from minilmv2.scoring.finetune import (  # noqa: E402
+    FINISHED_RUN_FILES,  # noqa: F401 (its tests read it)
     check_eval_batch,
-    check_model_dir,
+    check_model_arguments,
+    check_sample_limits,
+    check_something_to_do,
     check_training_values,
-    find_tokenizer_files,
+    first_rows,
+    fit_to_tokenizer,
+    hub_kwargs,
+    last_checkpoint_to_resume,
+    load_config,
+    load_tokenizer,
+    pick_data_collator,
+    refuse_finished_run,
     refuse_load_errors,
+    remove_finished_results,
+    run_training,
+    save_results,
 )
-
-# Files whose presence means a run in that output directory got to the end (we write them last).
-FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
 
 
 @dataclass
-class ModelArguments:
-    """Which model/config/tokenizer to fine-tune from."""
+class ModelArguments(finetune.ModelArguments):
+    """The shared model options, and what to do with a classification head of another size."""
 
-    model_name_or_path: str = field(
-        metadata={"help": "Model directory (e.g. the distilled student) or, online, a hub model id."}
-    )
-    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer name or path, if not the model's (students carry theirs)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache hub downloads."})
-    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Re-initialise a classification head whose size does not match."}
     )
@@ -125,10 +123,9 @@ def check_arguments(
 
     Returns the task spec (None when the task is defined by csv/json files alone).
     """
-    if not (training_args.do_train or training_args.do_eval):
-        raise UsageError("nothing to do: pass --do_train and/or --do_eval")
-    if training_args.do_predict:
-        raise UsageError("--do_predict is not supported (GLUE test labels are hidden); use --do_eval on dev")
+    check_something_to_do(
+        training_args, "--do_predict is not supported (GLUE test labels are hidden); use --do_eval on dev"
+    )
     spec = sentence_tasks.get_task(data_args.task_name) if data_args.task_name else None
     files = data_files(data_args)
     if spec is None and not files:
@@ -153,31 +150,14 @@ def check_arguments(
     else:
         sentence_tasks.check_hub_online(spec)
 
-    check_model_dir(model_args.model_name_or_path, need_weights=True)
-    if model_args.config_name:
-        check_model_dir(model_args.config_name, "--config_name")
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    if Path(tokenizer_source).is_dir() and not find_tokenizer_files(Path(tokenizer_source)):
-        raise UsageError(
-            f"{tokenizer_source!r} holds no tokenizer files (tokenizer.json, vocab.txt, ...); pass --tokenizer_name DIR"
-        )
+    check_model_arguments(model_args)
 
     check_training_values(training_args)
     check_eval_batch(training_args)
     if data_args.max_seq_length < 1:
         raise UsageError(f"--max_seq_length {data_args.max_seq_length} must be a positive number of tokens")
-    for option in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data_args, option)
-        if value is not None and value < 1:
-            raise UsageError(f"--{option} {value} must be at least 1 (or left out for all examples)")
-
-    output_dir = Path(training_args.output_dir)
-    finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).is_file()]
-    if finished and not data_args.overwrite_output_dir:
-        raise UsageError(
-            f"--output_dir {str(output_dir)!r} already holds a finished run ({finished[0]}); "
-            "pass --overwrite_output_dir to replace it or choose another directory"
-        )
+    check_sample_limits(data_args, "examples")
+    refuse_finished_run(training_args.output_dir, data_args.overwrite_output_dir)
     return spec
 
 
@@ -212,17 +192,6 @@ def load_raw_datasets(spec, data_args, model_args, training_args):
         return sentence_tasks.load_glue_hub(spec, splits, cache_dir=model_args.cache_dir), spec
 
 
-def last_checkpoint_to_resume(training_args, overwrite: bool) -> str | None:
-    """The newest checkpoint-N of an unfinished run in output_dir (run_glue's behaviour), unless overwriting."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if training_args.resume_from_checkpoint is not None:
-        return training_args.resume_from_checkpoint
-    if overwrite or not training_args.do_train or not os.path.isdir(training_args.output_dir):
-        return None
-    return get_last_checkpoint(training_args.output_dir)
-
-
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the script; returns the metrics written to all_results.json."""
@@ -231,16 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # Heavy imports only after the arguments passed, so a typo costs no start-up time.
     import transformers
-    from transformers import (
-        AutoConfig,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        EvalPrediction,
-        Trainer,
-        default_data_collator,
-        set_seed,
-    )
+    from transformers import AutoModelForSequenceClassification, EvalPrediction, Trainer, set_seed
 
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
@@ -249,38 +209,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(sentence_tasks.task_summary(spec), flush=True)
 
     # ---- model and tokenizer (adapt here for architectures that need more than Auto* classes) ----------------
-    hub_kwargs = dict(
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    config_source = model_args.config_name or model_args.model_name_or_path
-    with refuse_load_errors("--config_name" if model_args.config_name else "--model_name_or_path", config_source):
-        config = AutoConfig.from_pretrained(
-            config_source, num_labels=spec.num_labels, finetuning_task=spec.name, **hub_kwargs
-        )
+    config = load_config(model_args, num_labels=spec.num_labels, finetuning_task=spec.name)
     if not spec.is_regression:
         config.label2id = {name: index for index, name in enumerate(spec.label_names)}
         config.id2label = dict(enumerate(spec.label_names))
     else:
         config.problem_type = "regression"
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    tokenizer_option = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
-    with refuse_load_errors(tokenizer_option, tokenizer_source):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **hub_kwargs)
+    tokenizer = load_tokenizer(model_args, **hub_kwargs(model_args))
     with refuse_load_errors("--model_name_or_path", model_args.model_name_or_path):
         model = AutoModelForSequenceClassification.from_pretrained(
             model_args.model_name_or_path,
             config=config,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **hub_kwargs,
+            **hub_kwargs(model_args),
         )
-
-    max_seq_length = data_args.max_seq_length
-    if max_seq_length > tokenizer.model_max_length:
-        print(f"--max_seq_length {max_seq_length} exceeds the tokenizer's {tokenizer.model_max_length}; using that")
-        max_seq_length = tokenizer.model_max_length
+    max_seq_length = fit_to_tokenizer(data_args.max_seq_length, tokenizer)
 
     # ---- tokenise -------------------------------------------------------------------------------------------------
     first_key, second_key = spec.text_keys
@@ -291,9 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
 
     def prepare(split: str, limit: int | None):
-        dataset = raw_datasets[split]
-        if limit is not None:
-            dataset = dataset.select(range(min(limit, len(dataset))))
+        dataset = first_rows(raw_datasets[split], limit)
         text_columns = [key for key in spec.text_keys if key is not None]
         return dataset.map(
             tokenize,
@@ -316,19 +257,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         predicted = np.squeeze(logits, axis=-1) if spec.is_regression else np.argmax(logits, axis=-1)
         return metric.compute(predictions=predicted, references=prediction.label_ids)
 
-    # Dynamic padding pads each batch to its longest input; padding to a multiple of 8 helps tensor cores.
-    if data_args.pad_to_max_length:
-        data_collator = default_data_collator
-    else:
-        multiple = 8 if (training_args.fp16 or training_args.bf16) else None
-        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
-
-    # An unfinished run's checkpoints are resumed; a finished run being overwritten loses its result files
-    # now, so a crash in the new run cannot leave the old results looking like the new ones.
+    # An unfinished run's checkpoints are resumed; a finished run being overwritten loses its result files now.
     checkpoint = last_checkpoint_to_resume(training_args, data_args.overwrite_output_dir)
     if data_args.overwrite_output_dir:
-        for name in FINISHED_RUN_FILES:
-            Path(training_args.output_dir, name).unlink(missing_ok=True)
+        remove_finished_results(training_args.output_dir)
 
     first_eval_split = spec.eval_splits[0]
     trainer = Trainer(
@@ -338,21 +270,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=eval_datasets.get(first_eval_split),
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
-        data_collator=data_collator,
+        data_collator=pick_data_collator(tokenizer, data_args.pad_to_max_length, training_args),
     )
 
     # ---- train ----------------------------------------------------------------------------------------------------
-    train_metrics = {}
+    train_metrics: dict[str, float] = {}
     if training_args.do_train:
-        if checkpoint is not None:
-            print(f"Resuming from {checkpoint}", flush=True)
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        train_metrics = dict(train_result.metrics)
-        train_metrics["train_samples"] = len(train_dataset)
-        if data_args.save_final_model:
-            trainer.save_model()  # saves the tokenizer too
-        trainer.save_state()
-        trainer.log_metrics("train", train_metrics)
+        train_metrics = run_training(trainer, train_dataset, checkpoint, data_args.save_final_model)
 
     # ---- evaluate (mnli: matched, then mismatched with an _mm suffix, as run_glue) ---------------------------------
     eval_metrics: dict[str, float] = {}
@@ -364,15 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.log_metrics("eval", metrics)
         eval_metrics.update(metrics)
 
-    # Result files last: their presence marks a finished run (see FINISHED_RUN_FILES).
-    if train_metrics:
-        trainer.save_metrics("train", train_metrics)
-    if eval_metrics:
-        trainer.save_metrics("eval", eval_metrics)
-    all_results = {**train_metrics, **eval_metrics}
-    if trainer.is_world_process_zero():
-        print(f"Results written to {os.path.join(training_args.output_dir, 'all_results.json')}", flush=True)
-    return all_results
+    return save_results(trainer, train_metrics, eval_metrics)
 
 
 if __name__ == "__main__":

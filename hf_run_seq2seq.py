@@ -44,15 +44,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from minilmv2.arguments import parse_script_arguments  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 from minilmv2.hub import hub_offline, offline_switches  # noqa: E402
-from minilmv2.scoring.finetune_checks import (  # noqa: E402
+from minilmv2.scoring.finetune import (  # noqa: E402
     check_model_dir,
-    find_tokenizer_files,
+    check_sample_limits,
+    check_something_to_do,
+    check_tokenizer_files,
+    load_tokenizer,
+    refuse_finished_run,
     refuse_load_errors,
+    remove_finished_results,
+    tokenizer_source,
 )
 
-FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
 PREDICTIONS_FILE = "generated_predictions.txt"
-SUPPORTED_MODEL_TYPES = ("bert", "electra", "roberta", "xlm-roberta")
 # (source, target) columns of the hub's summarisation sets; --source_column/--target_column override.
 HUB_COLUMNS = {
     "EdinburghNLP/xsum": ("document", "summary"),
@@ -150,12 +154,11 @@ def check_arguments(model_args, data_args, gen_args, training_args):
 
     Returns (config, tokenizer, exempt token ids, {split: examples} read from local files).
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    if not (training_args.do_train or training_args.do_eval):
-        raise UsageError("nothing to do: pass --do_train and/or --do_eval")
-    if training_args.do_predict:
-        raise UsageError("--do_predict is not supported; --do_eval decodes and scores --validation_file")
+    check_something_to_do(
+        training_args, "--do_predict is not supported; --do_eval decodes and scores --validation_file"
+    )
     if training_args.do_train and training_args.n_gpu > 1:
         raise UsageError(f"training runs on one device; {training_args.n_gpu} GPUs visible: set CUDA_VISIBLE_DEVICES")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -197,23 +200,20 @@ def check_arguments(model_args, data_args, gen_args, training_args):
             f"--min_target_length {gen_args.min_target_length} must be in [0, --max_target_seq_length "
             f"{data_args.max_target_seq_length})"
         )
-    for option in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data_args, option)
-        if value is not None and value < 1:
-            raise UsageError(f"--{option} {value} must be at least 1 (or left out for all examples)")
+    check_sample_limits(data_args, "examples")
 
     check_model_dir(model_args.model_name_or_path)
     with refuse_load_errors("--model_name_or_path", model_args.model_name_or_path):
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
+    from minilmv2.architectures import first_position_id, seq2seq_model_types
+
+    if config.model_type not in seq2seq_model_types():
         raise UsageError(
             f"--model_name_or_path is a {config.model_type!r} model; s2s fine-tuning supports "
-            + ", ".join(SUPPORTED_MODEL_TYPES)
+            + ", ".join(seq2seq_model_types())
         )
-    from minilmv2.scoring.seq2seq import position_offset
-
     # Target positions continue after the source, so both maxima together must fit the position table.
-    positions = config.max_position_embeddings - position_offset(config)
+    positions = config.max_position_embeddings - first_position_id(config)
     total = data_args.max_source_seq_length + data_args.max_target_seq_length
     if total > positions:
         raise UsageError(
@@ -221,16 +221,12 @@ def check_arguments(model_args, data_args, gen_args, training_args):
             f"{data_args.max_target_seq_length} = {total} exceeds the model's {positions} positions"
         )
 
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    if Path(tokenizer_source).is_dir() and not find_tokenizer_files(Path(tokenizer_source)):
-        raise UsageError(f"{tokenizer_source!r} holds no tokenizer files; pass --tokenizer_name DIR")
-    with refuse_load_errors(
-        "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path", tokenizer_source
-    ):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, cache_dir=model_args.cache_dir)
+    check_tokenizer_files(model_args)
+    tokenizer = load_tokenizer(model_args, cache_dir=model_args.cache_dir)
     missing = [name for name in ("cls", "sep", "mask", "pad") if getattr(tokenizer, f"{name}_token_id") is None]
     if missing:
-        raise UsageError(f"the tokenizer of {tokenizer_source!r} has no {', '.join(missing)} token(s)")
+        _, source = tokenizer_source(model_args)
+        raise UsageError(f"the tokenizer of {source!r} has no {', '.join(missing)} token(s)")
     exempt_ids = []
     for word in (gen_args.forbid_ignore_word or "").split("|"):
         if not word:
@@ -240,13 +236,7 @@ def check_arguments(model_args, data_args, gen_args, training_args):
             raise UsageError(f"--forbid_ignore_word {word!r} is not one token of the vocabulary ({len(ids)} tokens)")
         exempt_ids.append(ids[0])
 
-    output_dir = Path(training_args.output_dir)
-    finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).is_file()]
-    if finished and not data_args.overwrite_output_dir:
-        raise UsageError(
-            f"--output_dir {str(output_dir)!r} already holds a finished run ({finished[0]}); "
-            "pass --overwrite_output_dir to replace it or choose another directory"
-        )
+    refuse_finished_run(training_args.output_dir, data_args.overwrite_output_dir)
     local = {split: read_jsonl(files[split], f"--{split}_file") for split in needed if files[split]}
     return config, tokenizer, frozenset(exempt_ids), local
 
@@ -373,8 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     s2s = Seq2SeqLM(model, special)
     output_dir = Path(training_args.output_dir)
     if data_args.overwrite_output_dir:
-        for name in (*FINISHED_RUN_FILES, PREDICTIONS_FILE):
-            (output_dir / name).unlink(missing_ok=True)
+        remove_finished_results(output_dir, PREDICTIONS_FILE)
     max_source, max_target = data_args.max_source_seq_length, data_args.max_target_seq_length
 
     # ---- train ---------------------------------------------------------------------------------------------------
@@ -441,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"  {key} = {value}")
         print(f"Predictions written to {output_dir / PREDICTIONS_FILE}", flush=True)
 
-    # Result files last: their presence marks a finished run (see FINISHED_RUN_FILES).
+    # Result files last: their presence marks a finished run (see finetune.FINISHED_RUN_FILES).
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, metrics in (("train_results.json", train_metrics), ("eval_results.json", eval_metrics)):
         if metrics:

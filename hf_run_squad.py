@@ -42,20 +42,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from minilmv2.arguments import parse_script_arguments  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
-from minilmv2.scoring import squad  # noqa: E402
-from minilmv2.scoring.finetune_checks import (  # noqa: E402
+from minilmv2.scoring import finetune, squad  # noqa: E402
+from minilmv2.scoring.finetune import (  # noqa: E402
     check_eval_batch,
-    check_model_dir,
+    check_model_arguments,
+    check_sample_limits,
+    check_something_to_do,
     check_training_values,
-    find_tokenizer_files,
+    first_rows,
+    fit_to_tokenizer,
+    hub_kwargs,
+    last_checkpoint_to_resume,
+    load_config,
+    load_tokenizer,
+    pick_data_collator,
+    refuse_finished_run,
     refuse_load_errors,
+    remove_finished_results,
+    run_training,
+    save_results,
 )
 
-# Files whose presence means a run in that output directory got to the end (we write them last).
-FINISHED_RUN_FILES = ("all_results.json", "eval_results.json", "train_results.json")
-# Models whose position ids start after the padding index: max_position_embeddings - (pad_token_id + 1) usable.
-POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert")
-# Flags of the seed's run_squad.py that transformers 5 no longer has, with what to use instead.
+# Flags of the seed's run_squad.py that transformers 5 does not have, with what to use instead.
 RENAMED_FLAGS = {
     "--per_gpu_train_batch_size": "use --per_device_train_batch_size (the batch per GPU)",
     "--per_gpu_eval_batch_size": "use --per_device_eval_batch_size",
@@ -68,20 +76,9 @@ RENAMED_FLAGS = {
 
 
 @dataclass
-class ModelArguments:
-    """Which model/config/tokenizer to fine-tune from."""
+class ModelArguments(finetune.ModelArguments):
+    """The shared model options, and the seed's --do_lower_case."""
 
-    model_name_or_path: str = field(
-        metadata={"help": "Model directory (e.g. the distilled student) or, online, a hub model id."}
-    )
-    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer name or path, if not the model's (students carry theirs)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache hub downloads."})
-    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     do_lower_case: bool = field(
         default=False,
         metadata={"help": "Seed flag, a no-op: an uncased tokenizer lower-cases by itself (tokenizer_config.json)."},
@@ -145,10 +142,9 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
 
     Returns {"train"/"validation": SquadFile} for local files (read once here and reused), {} for the hub.
     """
-    if not (training_args.do_train or training_args.do_eval):
-        raise UsageError("nothing to do: pass --do_train and/or --do_eval")
-    if training_args.do_predict:
-        raise UsageError("--do_predict is not used here; --do_eval scores --predict_file and writes predictions.json")
+    check_something_to_do(
+        training_args, "--do_predict is not used here; --do_eval scores --predict_file and writes predictions.json"
+    )
     if training_args.eval_strategy != "no":
         strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
         raise UsageError(
@@ -174,10 +170,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
     for option in ("max_answer_length", "n_best_size"):
         if getattr(data_args, option) < 1:
             raise UsageError(f"--{option} {getattr(data_args, option)} must be at least 1")
-    for option in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data_args, option)
-        if value is not None and value < 1:
-            raise UsageError(f"--{option} {value} must be at least 1 (or left out for all questions)")
+    check_sample_limits(data_args, "questions")
     check_training_values(training_args)
     check_eval_batch(training_args)
 
@@ -205,21 +198,8 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
             squad.check_version(files[split], option, path, data_args.version_2_with_negative)
 
     # ---- model, tokenizer, output directory ---------------------------------------------------------------
-    check_model_dir(model_args.model_name_or_path, need_weights=True)
-    if model_args.config_name:
-        check_model_dir(model_args.config_name, "--config_name")
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    if Path(tokenizer_source).is_dir() and not find_tokenizer_files(Path(tokenizer_source)):
-        raise UsageError(
-            f"{tokenizer_source!r} holds no tokenizer files (tokenizer.json, vocab.txt, ...); pass --tokenizer_name DIR"
-        )
-    output_dir = Path(training_args.output_dir)
-    finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).is_file()]
-    if finished and not data_args.overwrite_output_dir:
-        raise UsageError(
-            f"--output_dir {str(output_dir)!r} already holds a finished run ({finished[0]}); "
-            "pass --overwrite_output_dir to replace it or choose another directory"
-        )
+    check_model_arguments(model_args)
+    refuse_finished_run(training_args.output_dir, data_args.overwrite_output_dir)
     return files
 
 
@@ -281,17 +261,6 @@ def load_raw_datasets(files, data_args, model_args):
         return datasets.load_dataset(name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
 
 
-def last_checkpoint_to_resume(training_args, overwrite: bool) -> str | None:
-    """The newest checkpoint-N of an unfinished run in output_dir (run_qa's behaviour), unless overwriting."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if training_args.resume_from_checkpoint is not None:
-        return training_args.resume_from_checkpoint
-    if overwrite or not training_args.do_train or not os.path.isdir(training_args.output_dir):
-        return None
-    return get_last_checkpoint(training_args.output_dir)
-
-
 def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -304,59 +273,37 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # Heavy imports only after the arguments passed, so a typo costs no start-up time.
     import transformers
-    from transformers import (
-        AutoConfig,
-        AutoModelForQuestionAnswering,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        default_data_collator,
-        set_seed,
-    )
+    from transformers import AutoModelForQuestionAnswering, Trainer, set_seed
 
     from minilmv2.scoring.metrics import load_metric
 
     transformers.utils.logging.set_verbosity_warning()
-    hub_kwargs = dict(
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    tokenizer_option = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
-    with refuse_load_errors(tokenizer_option, tokenizer_source):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **hub_kwargs)
+    tokenizer = load_tokenizer(model_args, **hub_kwargs(model_args))
     check_tokenizer(tokenizer, model_args)
     if model_args.do_lower_case:
         print(lower_case_note(tokenizer), flush=True)
     # Windows are [CLS] question [SEP] context [SEP] with padding after them; the [CLS] position and the
     # per-feature logit slices below rely on right padding.
     tokenizer.padding_side = "right"
-    max_seq_length = data_args.max_seq_length
-    if max_seq_length > tokenizer.model_max_length:
-        max_seq_length = tokenizer.model_max_length
-        print(f"--max_seq_length {data_args.max_seq_length} exceeds the tokenizer's {max_seq_length}; using that")
+    max_seq_length = fit_to_tokenizer(data_args.max_seq_length, tokenizer)
     check_window_fits(data_args, max_seq_length, "the tokenizer's")
 
     set_seed(training_args.seed)
     raw_datasets = load_raw_datasets(files, data_args, model_args)
 
     # ---- model (adapt here for architectures that need more than Auto* classes) --------------------------------
-    config_source = model_args.config_name or model_args.model_name_or_path
-    with refuse_load_errors("--config_name" if model_args.config_name else "--model_name_or_path", config_source):
-        config = AutoConfig.from_pretrained(config_source, **hub_kwargs)
+    config = load_config(model_args)
     # A window longer than the position table would fail in the first forward pass, after the data work.
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and config.model_type in POSITION_OFFSET_MODELS:
-        positions -= (config.pad_token_id or 0) + 1
+    from minilmv2.architectures import usable_positions
+
+    positions = usable_positions(config)
     if positions is not None and max_seq_length > positions:
         raise UsageError(
             f"--max_seq_length {max_seq_length} exceeds the model's {positions} positions; pass at most {positions}"
         )
     with refuse_load_errors("--model_name_or_path", model_args.model_name_or_path):
         model = AutoModelForQuestionAnswering.from_pretrained(
-            model_args.model_name_or_path, config=config, **hub_kwargs
+            model_args.model_name_or_path, config=config, **hub_kwargs(model_args)
         )
 
     # ---- windows ---------------------------------------------------------------------------------------------------
@@ -364,9 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     padding_kwargs = {"padding": "max_length"} if data_args.pad_to_max_length else {}
 
     def prepare(split: str, limit: int | None, make_features):
-        examples = raw_datasets[split]
-        if limit is not None:
-            examples = examples.select(range(min(limit, len(examples))))
+        examples = first_rows(raw_datasets[split], limit)
         features = examples.map(
             lambda batch: pad(make_features(batch, *window_args)),
             batched=True,
@@ -391,38 +336,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_examples, eval_features = prepare("validation", data_args.max_eval_samples, squad.eval_features)
         print(f"dev: {len(eval_examples)} questions in {len(eval_features)} windows", flush=True)
 
-    if data_args.pad_to_max_length:
-        data_collator = default_data_collator
-    else:
-        multiple = 8 if (training_args.fp16 or training_args.bf16) else None
-        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
-
-    # An unfinished run's checkpoints are resumed; a finished run being overwritten loses its result files
-    # now, so a crash in the new run cannot leave the old results looking like the new ones.
+    # An unfinished run's checkpoints are resumed; a finished run being overwritten loses its result files now.
     checkpoint = last_checkpoint_to_resume(training_args, data_args.overwrite_output_dir)
     if data_args.overwrite_output_dir:
-        for name in FINISHED_RUN_FILES:
-            Path(training_args.output_dir, name).unlink(missing_ok=True)
+        remove_finished_results(training_args.output_dir)
 
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        data_collator=data_collator,
+        data_collator=pick_data_collator(tokenizer, data_args.pad_to_max_length, training_args),
     )
 
     # ---- train ----------------------------------------------------------------------------------------------------
     train_metrics: dict[str, float] = {}
     if training_args.do_train:
-        if checkpoint is not None:
-            print(f"Resuming from {checkpoint}", flush=True)
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        train_metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
-        if data_args.save_final_model:
-            trainer.save_model()  # saves the tokenizer too
-        trainer.save_state()
-        trainer.log_metrics("train", train_metrics)
+        train_metrics = run_training(trainer, train_dataset, checkpoint, data_args.save_final_model)
 
     # ---- evaluate: logits from the Trainer, answers picked here, scored by the squad / squad_v2 module -------------
     eval_metrics: dict[str, float] = {}
@@ -472,15 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 write_json(output_dir / "null_odds.json", {qid: p.null_odds for qid, p in predictions.items()})
         trainer.log_metrics("eval", eval_metrics)
 
-    # Result files last: their presence marks a finished run (see FINISHED_RUN_FILES).
-    if train_metrics:
-        trainer.save_metrics("train", train_metrics)
-    if eval_metrics:
-        trainer.save_metrics("eval", eval_metrics)
-    all_results = {**train_metrics, **eval_metrics}
-    if trainer.is_world_process_zero():
-        print(f"Results written to {os.path.join(training_args.output_dir, 'all_results.json')}", flush=True)
-    return all_results
+    return save_results(trainer, train_metrics, eval_metrics)
 
 
 if __name__ == "__main__":

@@ -47,20 +47,13 @@ import time
 from pathlib import Path
 
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line, user_names
+from minilmv2.model_files import TOKENIZER_FILES, WEIGHT_FILES, has_tokenizer, has_weights
 from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
 
 # The reference's group words: optional separators, dropped before parsing (its command lines and run.sh have them).
 GROUPS = ("data_params", "training_params", "model_params")
 VALIDATE_ONLY_FLAG = "--validate_only"
 LATEST = ("latest", "last", "true", "True")
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-# Any of these makes a folder loadable by AutoTokenizer (fast tokenizer, WordPiece, BPE or SentencePiece files).
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
 
 
 @dataclasses.dataclass
@@ -226,7 +219,7 @@ def load_teacher_config(model_dir: str):
         )
     if not (path / "config.json").is_file():
         raise UsageError(f"--input_model_dir {model_dir} has no config.json; give a folder written by save_pretrained")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
+    if not has_weights(path):
         raise UsageError(f"--input_model_dir {model_dir} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
     problem = teacher_weights_problem(path)
     if problem:
@@ -400,7 +393,7 @@ def check_tokenizer_dir(model_args) -> None:
     )
     if not Path(directory).is_dir():
         raise UsageError(f"{option} {directory} does not exist")
-    if not any((Path(directory) / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer(directory):
         raise UsageError(
             f"{option} {directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save one there with "
             "tokenizer.save_pretrained or pass --tokenizer_dir"

@@ -377,6 +377,3 @@ def beam_search(s2s: Seq2SeqLM, sources: Sequence[Sequence[int]], settings: Beam
         best = max(pool, key=lambda item: item[0]) if pool else (0.0, [])
         results.append(best[1])
     return results
-
-
-position_offset = first_position_id  # TEMPORARY: hf_run_seq2seq.py moves to the architecture table next

@@ -421,7 +421,7 @@ def check_squad_task(task: str, squad_dir: str, offline: bool) -> None:
 def check_sweep_model(model_dir: str) -> None:
     """run_eval.sh's pre-check of MODEL_DIR: a config.json *and* weights (a config alone would fine-tune a
     randomly initialised model and report its score as the student's)."""
-    from minilmv2.scoring.finetune_checks import check_model_dir
+    from minilmv2.scoring.finetune import check_model_dir
 
     check_model_dir(model_dir, "MODEL_DIR", need_weights=True)
 
