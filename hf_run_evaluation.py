@@ -38,10 +38,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from minilmv2.arguments import parse_script_arguments  # noqa: E402
-from minilmv2.errors import UsageError, exit_on_usage_error, one_line  # noqa: E402, F401 (one_line: its tests call it)
+from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 from minilmv2.scoring import finetune, sentence_tasks  # noqa: E402
 from minilmv2.scoring.finetune import (  # noqa: E402
-    FINISHED_RUN_FILES,  # noqa: F401 (its tests read it)
     check_eval_batch,
     check_model_arguments,
     check_sample_limits,

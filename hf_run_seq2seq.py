@@ -26,9 +26,10 @@ per validation example, in input order), eval_results.json (eval_rouge1/2/L and 
 train_results.json and all_results.json. METEOR is not computed: it needs NLTK's WordNet data, which
 cannot be had offline here.
 
-Architectures: BERT, RoBERTa / XLM-R and ELECTRA (their attention takes a prepared 4D mask and a KV cache in
-transformers 5.23). Training is single-process (one CPU or one GPU): the loss runs the encoder directly to
-apply the LM head on target slots only, which bypasses a DDP wrapper.
+Architectures: those with a masked-LM head in minilmv2.architectures (BERT, RoBERTa / XLM-R, ELECTRA: their
+attention takes a prepared 4D mask and a KV cache in transformers 5.23). Training is single-process (one CPU or
+one GPU): the loss runs the encoder directly to apply the LM head on target slots only, which bypasses a DDP
+wrapper.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def check_arguments(model_args, data_args, gen_args, training_args):
     check_model_dir(model_args.model_name_or_path)
     with refuse_load_errors("--model_name_or_path", model_args.model_name_or_path):
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
-    from minilmv2.architectures import first_position_id, seq2seq_model_types
+    from minilmv2.architectures import seq2seq_model_types, usable_positions
 
     if config.model_type not in seq2seq_model_types():
         raise UsageError(
@@ -213,7 +214,7 @@ def check_arguments(model_args, data_args, gen_args, training_args):
             + ", ".join(seq2seq_model_types())
         )
     # Target positions continue after the source, so both maxima together must fit the position table.
-    positions = config.max_position_embeddings - first_position_id(config)
+    positions = usable_positions(config)
     total = data_args.max_source_seq_length + data_args.max_target_seq_length
     if total > positions:
         raise UsageError(
@@ -430,7 +431,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"  {key} = {value}")
         print(f"Predictions written to {output_dir / PREDICTIONS_FILE}", flush=True)
 
-    # Result files last: their presence marks a finished run (see finetune.FINISHED_RUN_FILES).
+    # Result files last: their presence marks a finished run (see finetune.FINISHED_RUN_FILES). Not
+    # finetune.save_results: this script keeps no trainer state to save (it never resumes) and its eval metrics
+    # come from generation, not from Trainer.evaluate.
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, metrics in (("train_results.json", train_metrics), ("eval_results.json", eval_metrics)):
         if metrics:

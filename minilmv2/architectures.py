@@ -130,19 +130,13 @@ def usable_positions(config) -> int | None:
     """Sequence length the position embeddings allow: max_position_embeddings, less the pad_token_id + 1 positions
     an offset architecture reserves; None when the config has no position table (relative positions only)."""
     positions = getattr(config, "max_position_embeddings", None)
-    if positions and _has_position_offset(config):
-        positions -= (config.pad_token_id or 0) + 1
-    return positions
+    return positions - first_position_id(config) if positions else positions
 
 
 def first_position_id(config) -> int:
     """The position id of a sequence's first token: pad_token_id + 1 in offset architectures, else 0."""
-    return config.pad_token_id + 1 if _has_position_offset(config) else 0
-
-
-def _has_position_offset(config) -> bool:
     layout = ENCODER_LAYOUTS.get(getattr(config, "model_type", None))
-    return layout is not None and layout.position_offset
+    return (config.pad_token_id or 0) + 1 if layout is not None and layout.position_offset else 0
 
 
 def seq2seq_model_types() -> list[str]:

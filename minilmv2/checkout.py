@@ -18,13 +18,14 @@ def checkout_root() -> Path | None:
     return root if (root / "run.sh").is_file() and (root / "pyproject.toml").is_file() else None
 
 
-def require_checkout(tool: str) -> Path:
-    """The checkout's root, for a tool that runs the repository's scripts; UsageError in one line from an install."""
+def require_checkout(tool: str, scripts: str, make_target: str) -> Path:
+    """The checkout's root, for a tool that runs the repository's `scripts`; UsageError in one line from an
+    install, naming the `make_target` to run from a clone."""
     root = checkout_root()
     if root is None:
         raise UsageError(
-            f"{tool} runs the repository's run.sh and run_eval.sh, which an installed package ({PACKAGE_DIR}) does "
-            "not have; clone the repository and run it from there (make quickstart)"
+            f"{tool} runs the repository's {scripts}, which an installed package ({PACKAGE_DIR}) does not have; "
+            f"clone the repository and run `{make_target}` there"
         )
     return root
 

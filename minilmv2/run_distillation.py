@@ -47,7 +47,13 @@ import time
 from pathlib import Path
 
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line, user_names
-from minilmv2.model_files import TOKENIZER_FILES, WEIGHT_FILES, has_tokenizer, has_weights
+from minilmv2.model_files import (
+    SINGLE_WEIGHT_FILES,
+    TOKENIZER_FILES,
+    WEIGHT_INDEX_FILES,
+    has_tokenizer,
+    has_weights,
+)
 from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
 
 # The reference's group words: optional separators, dropped before parsing (its command lines and run.sh have them).
@@ -220,7 +226,7 @@ def load_teacher_config(model_dir: str):
     if not (path / "config.json").is_file():
         raise UsageError(f"--input_model_dir {model_dir} has no config.json; give a folder written by save_pretrained")
     if not has_weights(path):
-        raise UsageError(f"--input_model_dir {model_dir} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+        raise UsageError(f"--input_model_dir {model_dir} has no weights ({' or '.join(SINGLE_WEIGHT_FILES)})")
     problem = teacher_weights_problem(path)
     if problem:
         raise UsageError(
@@ -243,14 +249,14 @@ def teacher_weights_problem(path: Path) -> str | None:
     from minilmv2.checkpoints import safetensors_problem, torch_file_problem
 
     files = []
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    for index_name in WEIGHT_INDEX_FILES:
         if (path / index_name).is_file():
             try:
                 shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
             except (OSError, ValueError, KeyError, AttributeError):
                 return f"{index_name} cannot be read"
             files += [path / shard for shard in shards]
-    files += [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
+    files += [path / name for name in SINGLE_WEIGHT_FILES if (path / name).is_file()]
     for file in files:
         if not file.is_file():
             return f"{file.name} (listed in the weight index) is missing"

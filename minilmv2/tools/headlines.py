@@ -27,9 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from minilmv2.checkout import checkout_root, require_checkout
+from minilmv2.checkout import require_checkout
 from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.tools.assets import default_dest
+
+
+def repo() -> Path:
+    """The checkout this tool runs the scripts of (UsageError in one line from an installed package)."""
+    return require_checkout("python -m minilmv2.tools.headlines", "run.sh and hf_run_seq2seq.py", "make headlines")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # HEADLINE VALUES: the hf_run_seq2seq.py arguments, the same for the three models. Edit here.
@@ -113,7 +119,7 @@ def write_jsonl(examples: list[dict[str, str]], path: Path) -> None:
 
 def lead_baseline(train: list[dict[str, str]], dev: list[dict[str, str]]) -> dict[str, float]:
     """ROUGE of the body's first k words, k the mean title length in words on train (rounded)."""
-    sys.path.insert(0, str(checkout_root()))
+    sys.path.insert(0, str(repo()))
     from hf_run_seq2seq import score
 
     words = round(sum(len(e["tgt"].split()) for e in train) / len(train))
@@ -127,7 +133,7 @@ def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None)
 
     if given is not None:
         return given
-    quick = checkout_root() / "runs" / "quickstart"
+    quick = repo() / "runs" / "quickstart"
     values_file = quick / quickstart.VALUES_FILE
     student = quick / "distill" / "student"
     if finished_distillation(quick / "distill") and values_file.is_file():
@@ -180,7 +186,7 @@ def timed_stage(out_dir: Path, title: str, command: list[str], env_values: dict[
     print(f"\n=== {title} ===\n{' '.join(command)}", flush=True)
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_values or {})}
-    result = subprocess.run(command, cwd=checkout_root(), env=env)
+    result = subprocess.run(command, cwd=repo(), env=env)
     if result.returncode != 0:
         raise SystemExit(f"headlines: {title} failed (exit {result.returncode}); its output is above")
     times_path = out_dir / TIMES_FILE
@@ -239,7 +245,7 @@ def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
-    require_checkout("python -m minilmv2.tools.headlines")
+    repo()  # from an install: one line, before anything else
     from minilmv2.tools import quickstart
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

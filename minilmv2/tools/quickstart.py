@@ -29,9 +29,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from minilmv2.checkout import checkout_root, require_checkout
+from minilmv2.checkout import require_checkout
 from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.tools.assets import default_dest
+
+
+def repo() -> Path:
+    """The checkout this tool runs the scripts of (UsageError in one line from an installed package)."""
+    return require_checkout("python -m minilmv2.tools.quickstart", "run.sh and run_eval.sh", "make quickstart")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -105,7 +110,7 @@ def run_stage(title: str, command: list[str], env_values: dict[str, str], out_di
     print(" ".join(f"{key}={value!r}" for key, value in env_values.items()), " ".join(command), flush=True)
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_values}
-    result = subprocess.run(command, cwd=checkout_root(), env=env)
+    result = subprocess.run(command, cwd=repo(), env=env)
     if result.returncode != 0:
         raise SystemExit(f"quickstart: {title} failed (exit {result.returncode}); its output is above")
     seconds = read_stage_seconds(out_dir)
@@ -293,7 +298,7 @@ def finished_distillation(distill_dir: Path) -> bool:
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
-    require_checkout("python -m minilmv2.tools.quickstart")
+    repo()  # from an install: one line, before anything else
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=Path("runs/quickstart"))
     parser.add_argument("--assets", type=Path, default=default_dest())

@@ -21,6 +21,9 @@ from fixtures.glue.offline_raw import write_bbc_folders
 from fixtures.glue.tiny_bert import write_tiny_bert
 from fixtures.scripts import load_script
 
+from minilmv2.errors import one_line
+from minilmv2.scoring.finetune import FINISHED_RUN_FILES
+
 GLUE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "glue"
 
 
@@ -412,15 +415,15 @@ def test_hub_lookup_errors_are_one_line(tiny_model, tmp_path, capsys, monkeypatc
 
 
 def test_multi_line_messages_become_their_first_line():
-    assert script.one_line(ValueError("\n  first line\nsecond line\n")) == "first line"
-    assert script.one_line(OSError()) == "OSError"
+    assert one_line(ValueError("\n  first line\nsecond line\n")) == "first line"
+    assert one_line(OSError()) == "OSError"
 
 
 def test_finished_run_is_refused_unless_overwriting(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     script.main(run_args(tiny_model, "wnli", out, "--save_final_model", "false"))
     # Mark the first run's result files, so a stale file cannot pass for the second run's by chance.
-    for name in script.FINISHED_RUN_FILES:
+    for name in FINISHED_RUN_FILES:
         results = json.loads((out / name).read_text())
         (out / name).write_text(json.dumps({**results, "old_run_marker": True}))
     before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
@@ -433,7 +436,7 @@ def test_finished_run_is_refused_unless_overwriting(tiny_model, tmp_path, capsys
 
     second = script.main(run_args(tiny_model, "wnli", out, "--overwrite_output_dir", "--learning_rate", "5e-4"))
     assert json.loads((out / "all_results.json").read_text()) == second
-    for name in script.FINISHED_RUN_FILES:  # every result file was rewritten by the new run
+    for name in FINISHED_RUN_FILES:  # every result file was rewritten by the new run
         assert "old_run_marker" not in json.loads((out / name).read_text()), name
     assert "old_run_marker" not in second
 
@@ -441,7 +444,7 @@ def test_finished_run_is_refused_unless_overwriting(tiny_model, tmp_path, capsys
 def test_unfinished_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     script.main(run_args(tiny_model, "rte", out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1"))
-    for name in script.FINISHED_RUN_FILES:  # as if the run had been stopped before its end
+    for name in FINISHED_RUN_FILES:  # as if the run had been stopped before its end
         (out / name).unlink()
     capsys.readouterr()
     results = script.main(run_args(tiny_model, "rte", out, "--max_steps", "3", "--save_strategy", "no"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,16 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("installed")
+    # Built from a copy of what the package is made of, so no build/ left in the checkout can slip stale files in.
+    source = root / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "minilmv2", source / "minilmv2", ignore=shutil.ignore_patterns("__pycache__"))
     site = root / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), "."],
-        cwd=REPO,
+        cwd=source,
         check=True,
         capture_output=True,
     )
@@ -40,13 +47,16 @@ def run(installed, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_installed_copy_is_the_one_imported_and_its_metrics_load_offline(installed):
     code = (
-        "import minilmv2; from minilmv2.scoring.metrics import load_metric; print(minilmv2.__file__); "
+        "import minilmv2; from minilmv2.scoring.metrics import available_metrics, load_metric; "
+        "print(minilmv2.__file__); print(','.join(available_metrics())); "
         "print(load_metric('accuracy').compute(predictions=[0, 1, 1], references=[0, 1, 0])['accuracy'])"
     )
     done = run(installed, "-c", code)
     assert done.returncode == 0, done.stderr
-    where, accuracy = done.stdout.split()
+    where, metrics, accuracy = done.stdout.split()
     assert Path(where).is_relative_to(installed["site"])
+    shipped = sorted(p.name for p in (REPO / "minilmv2" / "metrics").iterdir() if (p / f"{p.name}.py").is_file())
+    assert metrics.split(",") == shipped and len(shipped) == 8
     assert float(accuracy) == pytest.approx(2 / 3)
 
 
@@ -58,10 +68,14 @@ def test_help_runs_and_assets_default_to_the_user_cache(installed):
 
 
 def test_tools_that_need_the_checkout_say_so_in_one_line(installed):
-    for tool in ("minilmv2.tools.quickstart", "minilmv2.tools.headlines"):
-        done = run(installed, "-m", tool)
+    for tool, scripts, target in (
+        ("quickstart", "run.sh and run_eval.sh", "make quickstart"),
+        ("headlines", "run.sh and hf_run_seq2seq.py", "make headlines"),
+    ):
+        done = run(installed, "-m", f"minilmv2.tools.{tool}")
         assert done.returncode == 2, done.stderr
-        assert done.stderr.startswith(f"error: python -m {tool} runs the repository's run.sh and run_eval.sh")
+        assert done.stderr.startswith(f"error: python -m minilmv2.tools.{tool} runs the repository's {scripts}, ")
+        assert done.stderr.endswith(f"clone the repository and run `{target}` there\n")
         assert done.stderr.count("\n") == 1
 
 

@@ -196,7 +196,7 @@ BAD_INPUTS = {
         finished_run_in_output_dir, "already holds a finished run; pass --overwrite_output_dir"),
     "output directory holding another run's checkpoints": (
         checkpoints_in_output_dir, "holds checkpoints of an earlier run; pass --resume_from_checkpoint latest"),
-    # issue 15: each of these used to load the models first and die with a traceback
+    # Each of these is caught before a model loads (after the models load it would be a traceback).
     "truncated teacher weights": (
         truncated_teacher_weights, "teacher_copy: model.safetensors is truncated or padded"),
     "negative learning rate": (

@@ -184,3 +184,20 @@ def test_unsupported_architecture_is_named():
     teacher, student = tiny_pair("bert")
     with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
         MiniLM(teacher=AutoModel.from_config(gpt2), student=student)
+
+
+def test_the_table_answers_positions_and_seq2seq_support():
+    from transformers import BertConfig, MPNetConfig, RobertaConfig
+
+    from minilmv2.architectures import first_position_id, lm_head_path, seq2seq_model_types, usable_positions
+
+    roberta = RobertaConfig(max_position_embeddings=514, pad_token_id=1)
+    assert (usable_positions(roberta), first_position_id(roberta)) == (512, 2)
+    mpnet = MPNetConfig(max_position_embeddings=514, pad_token_id=1)
+    assert (usable_positions(mpnet), first_position_id(mpnet)) == (512, 2)
+    bert = BertConfig(max_position_embeddings=512, pad_token_id=0)
+    assert (usable_positions(bert), first_position_id(bert)) == (512, 0)
+    assert seq2seq_model_types() == ["bert", "electra", "roberta", "xlm-roberta"]
+    assert lm_head_path("electra") == ("generator_predictions", "generator_lm_head")
+    with pytest.raises(ValueError, match="'mpnet' has no masked-LM head .* supported: bert, electra, roberta"):
+        lm_head_path("mpnet")

@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from minilmv2.architectures import encoder_layers, layout_for, qkv_projection
-from minilmv2.relations import DEFAULT_RELATIONS, V1_RELATIONS, relations_literal
+from minilmv2.relations import DEFAULT_RELATIONS, QUERY, V1_RELATIONS, relations_literal
 from minilmv2.run_distillation import shape_flag_names
 from minilmv2.shapes import (
     LIBRARY_NAMES,
@@ -47,7 +47,7 @@ def qkv_width(model, layer: int) -> int:
     layout = layout_for(model)
     if layout.fused_projection is not None:
         return encoder_layers(model)[layer - 1].get_submodule(layout.fused_projection).out_features // 3
-    return qkv_projection(model, layer - 1, 1).out_features
+    return qkv_projection(model, layer - 1, QUERY).out_features
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
