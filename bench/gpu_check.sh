@@ -15,7 +15,8 @@
 #             autocast, batch 64 x 512: time, tokens/s, TFLOP/s, MFU (790 measured / 989.4 data-sheet peak) and
 #             peak memory of the reference algorithm and of minilmv2 with each relation kernel
 #   syncs     synchronizing CUDA calls per training step of the real loop (bench/count_syncs.py)
-#   e2e       `bash run.sh` end to end with the packaged 6 x 384 teacher (bf16), once per relation kernel
+#   e2e       `bash run.sh` end to end with the packaged 6 x 384 teacher (bf16), with the PyTorch path and the
+#             Triton kernel ($E2E_KERNELS to change)
 #   largest   (only when named) the largest batch each implementation fits, doubling from 64
 #
 # RESULTS_DIR receives at most 8 files, written as each phase runs (a command stopped at a time limit still
@@ -86,7 +87,9 @@ else
     DEVICE=cuda
     unset TRITON_INTERPRET  # compiled kernels: an inherited interpreter switch would time the interpreter
     KERNELS=torch,compile,triton
-    E2E_KERNELS=(torch compile triton)
+    # run.sh end to end with the PyTorch path and the Triton kernel; torch.compile's end-to-end run adds a minute
+    # of compilation for a figure the step phase already gives (E2E_KERNELS="torch compile triton" to add it).
+    read -r -a E2E_KERNELS <<< "${E2E_KERNELS:-torch triton}"
     BENCH_SHAPES=(--teacher-shape 12x768 --student-shape 6x384 --student-heads 12 --relation-heads 48 --dtype bf16
         --batch 64 --seq 512 --warmup 2 --repeats 5)
     TESTS_FILTER=()
