@@ -308,6 +308,30 @@ def test_a_training_step_reads_no_tensor_value_on_the_host(setup, tmp_path, caps
     assert sum(counts[1].values()) - sum(counts[0].values()) == 0, f"reads per 3 steps: {dict(added)}"
 
 
+def test_a_torchrun_worker_probes_only_its_own_share_and_the_pre_check_every_share(setup, tmp_path, monkeypatch):
+    import minilmv2.data
+    from minilmv2.run_distillation import parse_args
+    from minilmv2.startup_checks import make_plan
+
+    probed = []
+    real_probe = minilmv2.data.first_tokens_problem
+
+    def recording_probe(config, tokenizer, rank, shares, name):
+        probed.append((rank, shares))
+        return real_probe(config, tokenizer, rank, shares, name)
+
+    monkeypatch.setattr(minilmv2.data, "first_tokens_problem", recording_probe)
+    parsed = parse_args(distill_argv(setup["teacher"], setup["train"], tmp_path / "out"))
+    monkeypatch.setenv("MINILMV2_WORLD_SIZE", "2")  # run.sh's pre-check of a 2-process launch
+    make_plan(*parsed, command=[])
+    assert probed == [(0, 2), (1, 2)]
+    probed.clear()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's rank 1
+    monkeypatch.setenv("RANK", "1")
+    make_plan(*parsed, command=[])
+    assert probed == [(1, 2)]
+
+
 def start_run(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "minilmv2.run_distillation", *argv]
@@ -527,7 +551,8 @@ def test_an_error_on_a_non_zero_rank_is_printed_by_that_rank(setup, tmp_path, ca
 def test_roberta_teachers_reserve_the_padding_offset_of_their_positions():
     from transformers import RobertaConfig
 
-    from minilmv2.run_distillation import check_shapes, parse_args
+    from minilmv2.run_distillation import parse_args
+    from minilmv2.startup_checks import check_shapes
 
     teacher = RobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=514)
     argv = distill_argv(Path("teacher"), Path("train.json"), Path("out"))

@@ -251,3 +251,10 @@ def test_run_sh_says_what_to_do_when_the_teacher_or_corpus_is_missing(setup, tmp
     result = run_script(env, tmp_path)
     assert result.returncode == 2 and result.stderr.startswith(f"error: {message}")
     assert not (tmp_path / "out").exists()
+
+
+def test_run_sh_holds_no_relations_literal_and_passes_relations_only_when_set():
+    """The default relations live in the library alone (minilmv2.relations.DEFAULT_RELATIONS)."""
+    text = (Path(__file__).resolve().parents[2] / "run.sh").read_text()
+    assert "(1, 1)" not in text and "(3, 3)" not in text
+    assert '[ -n "$RELATIONS" ] && MODEL_ARGS+=(--minilm_relations "$RELATIONS")' in text

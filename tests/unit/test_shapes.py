@@ -17,13 +17,13 @@ from transformers import (
 
 from minilmv2.architectures import encoder_layers, layout_for, qkv_projection
 from minilmv2.relations import DEFAULT_RELATIONS, QUERY, V1_RELATIONS, relations_literal
-from minilmv2.run_distillation import shape_flag_names
 from minilmv2.shapes import (
     LIBRARY_NAMES,
     StudentShape,
     check_distillation_shapes,
     qkv_width_from_config,
 )
+from minilmv2.startup_checks import shape_flag_names
 from minilmv2.student import student_config_from_teacher
 
 SHAPE = dict(vocab_size=50, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
