@@ -121,6 +121,14 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted((p for p in found if (p / COMPLETE_MARKER).is_file()), key=checkpoint_step)
 
 
+def finished_run(output_dir: str | os.PathLike) -> bool:
+    """Whether `output_dir` holds a distillation that got to its end: the exported student's weights with
+    trainer_state.json beside them. A run stopped by a signal exports its student too, but only a run that was
+    not interrupted writes trainer_state.json there (last)."""
+    output_dir = Path(output_dir)
+    return (output_dir / "trainer_state.json").is_file() and (output_dir / STUDENT_DIR / "model.safetensors").is_file()
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The highest-step `checkpoint-N` in `output_dir` whose save finished, or None."""
     complete = complete_checkpoints(output_dir)

@@ -334,13 +334,13 @@ def check_relation_kernel(kernel: str, training_args) -> None:
 
 def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
     """Refuse to mix a new run into a folder that holds an earlier one (finished or not)."""
-    from minilmv2.checkpoints import CHECKPOINT_PREFIX, STUDENT_DIR
+    from minilmv2.checkpoints import CHECKPOINT_PREFIX, finished_run
 
     if not output_dir.exists() or resuming or overwrite:
         return
     if not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} is a file; give a folder")
-    if (output_dir / "trainer_state.json").is_file() and (output_dir / STUDENT_DIR).is_dir():
+    if finished_run(output_dir):
         raise UsageError(
             f"--output_dir {output_dir} already holds a finished run; pass --overwrite_output_dir to replace it "
             "or choose another --output_dir"

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from minilmv2.checkout import require_checkout
 from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.tools.assets import default_dest
+from minilmv2.tools.stages import STAGE_SECONDS_FILE, read_stage_seconds, run_stage
 
 
 def repo() -> Path:
@@ -70,7 +68,6 @@ HEADLINE_ARGS = [
 # ---------------------------------------------------------------------------------------------------------
 
 MODELS = ("distilled student", "random student", "teacher")
-TIMES_FILE = "stage_seconds.json"
 
 
 def title_and_body(raw_text: str) -> tuple[str, str] | None:
@@ -129,6 +126,7 @@ def lead_baseline(train: list[dict[str, str]], dev: list[dict[str, str]]) -> dic
 
 def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None) -> Path:
     """The distilled student to score: --student, else make quickstart's if current, else a new one."""
+    from minilmv2.checkpoints import finished_run
     from minilmv2.tools import quickstart
 
     if given is not None:
@@ -136,7 +134,7 @@ def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None)
     quick = repo() / "runs" / "quickstart"
     values_file = quick / quickstart.VALUES_FILE
     student = quick / "distill" / "student"
-    if finished_distillation(quick / "distill") and values_file.is_file():
+    if finished_run(quick / "distill") and values_file.is_file():
         recorded = json.loads(values_file.read_text())
         if recorded.get("distillation") == quickstart.DISTILLATION:
             print(f"distilled student of make quickstart found at {student}: reusing it")
@@ -146,7 +144,7 @@ def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None)
     values = distillation_values()
     recorded_path = out_dir / "distillation_values.json"
     recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
-    if finished_distillation(distill_dir) and recorded == values:
+    if finished_run(distill_dir) and recorded == values:
         print(f"distilled student found at {student}: reusing it")
         return student
     shutil.rmtree(distill_dir, ignore_errors=True)  # an interrupted or outdated run: redo it from the start
@@ -159,19 +157,9 @@ def distilled_student(out_dir: Path, parts: dict[str, Path], given: Path | None)
         "EVAL_STEPS": values["MAX_STEPS"],
         "OUTPUT_DIR": str(distill_dir),
     }
-    timed_stage(
-        out_dir,
-        "distillation (run.sh, the quickstart's values)",
-        ["bash", "run.sh"],
-        {**quickstart.DISTILLATION, **paths},
-    )
+    title = "distillation (run.sh, the quickstart's values)"
+    run_stage("headlines", title, ["bash", "run.sh"], repo(), out_dir, {**quickstart.DISTILLATION, **paths})
     return student
-
-
-def finished_distillation(distill_dir: Path) -> bool:
-    """run_distillation.py writes trainer_state.json only at the end of a run that was not interrupted (a
-    signal still exports a student), so it, not the student folder, marks a usable distilled student."""
-    return (distill_dir / "trainer_state.json").is_file() and (distill_dir / "student" / "config.json").is_file()
 
 
 def distillation_values() -> dict[str, str]:
@@ -181,24 +169,10 @@ def distillation_values() -> dict[str, str]:
     return dict(quickstart.DISTILLATION)
 
 
-def timed_stage(out_dir: Path, title: str, command: list[str], env_values: dict[str, str] | None = None) -> None:
-    """Run one command with its output streaming to ours; keep its duration in stage_seconds.json."""
-    print(f"\n=== {title} ===\n{' '.join(command)}", flush=True)
-    start = time.perf_counter()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_values or {})}
-    result = subprocess.run(command, cwd=repo(), env=env)
-    if result.returncode != 0:
-        raise SystemExit(f"headlines: {title} failed (exit {result.returncode}); its output is above")
-    times_path = out_dir / TIMES_FILE
-    seconds = json.loads(times_path.read_text()) if times_path.is_file() else {}
-    seconds[title] = time.perf_counter() - start
-    times_path.write_text(json.dumps(seconds, indent=2) + "\n")
-
-
 def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], parameters: dict[str, float]) -> Path:
     from minilmv2.tools.quickstart import machine_description
 
-    seconds = json.loads((out_dir / TIMES_FILE).read_text())
+    seconds = read_stage_seconds(out_dir)
     lines = [
         "| model | parameters | ROUGE-1 | ROUGE-2 | ROUGE-L | dev loss | fine-tune + decode (min) |",
         "|---|---|---|---|---|---|---|",
@@ -260,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--output_dir {str(out_dir)!r} is a file; expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / TIMES_FILE).unlink(missing_ok=True)
+    (out_dir / STAGE_SECONDS_FILE).unlink(missing_ok=True)
 
     train, dev = headline_pairs(parts["tasks"])
     train_path, dev_path = out_dir / "data" / "train.jsonl", out_dir / "data" / "dev.jsonl"
@@ -288,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             "--overwrite_output_dir",
             *HEADLINE_ARGS,
         ]  # fmt: skip
-        timed_stage(out_dir, f"fine-tune and decode the {model}", command)
+        run_stage("headlines", f"fine-tune and decode the {model}", command, repo(), out_dir)
         scores[model] = json.loads((run_dir / "eval_results.json").read_text())
     lead = lead_baseline(train, dev)
     parameters = {model: quickstart.count_parameters(path) for model, path in model_dirs.items()}

@@ -23,15 +23,14 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 from minilmv2.checkout import require_checkout
 from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.tools.assets import default_dest
+from minilmv2.tools.stages import read_stage_seconds, run_stage
 
 
 def repo() -> Path:
@@ -100,27 +99,6 @@ RANDOM_STUDENT_SEED = 42
 
 MODELS = ("distilled student", "random student", "teacher")
 VALUES_FILE = "quickstart_values.json"
-STAGE_SECONDS_FILE = "stage_seconds.json"
-
-
-def run_stage(title: str, command: list[str], env_values: dict[str, str], out_dir: Path) -> None:
-    """Run one script with its variables in the environment, its output streaming to ours. Its duration is
-    kept in stage_seconds.json, so a resumed quickstart still reports what every stage took."""
-    print(f"\n=== {title} ===", flush=True)
-    print(" ".join(f"{key}={value!r}" for key, value in env_values.items()), " ".join(command), flush=True)
-    start = time.perf_counter()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_values}
-    result = subprocess.run(command, cwd=repo(), env=env)
-    if result.returncode != 0:
-        raise SystemExit(f"quickstart: {title} failed (exit {result.returncode}); its output is above")
-    seconds = read_stage_seconds(out_dir)
-    seconds[title] = time.perf_counter() - start
-    (out_dir / STAGE_SECONDS_FILE).write_text(json.dumps(seconds, indent=2) + "\n")
-
-
-def read_stage_seconds(out_dir: Path) -> dict[str, float]:
-    path = out_dir / STAGE_SECONDS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def timing_summary(out_dir: Path) -> list[str]:
@@ -290,12 +268,6 @@ def prepare_output_dir(out_dir: Path) -> None:
     recorded.write_text(json.dumps(values, indent=2) + "\n")
 
 
-def finished_distillation(distill_dir: Path) -> bool:
-    """Whether `distill_dir` holds a finished run's student. A run stopped by a signal exports a (partly
-    trained) student too; only a finished one writes trainer_state.json beside it."""
-    return (distill_dir / "student" / "model.safetensors").is_file() and (distill_dir / "trainer_state.json").is_file()
-
-
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     repo()  # from an install: one line, before anything else
@@ -311,7 +283,9 @@ def main(argv: list[str] | None = None) -> None:
 
     distill_dir = out_dir / "distill"
     distilled = distill_dir / "student"
-    if finished_distillation(distill_dir):
+    from minilmv2.checkpoints import finished_run
+
+    if finished_run(distill_dir):
         print(f"distilled student found at {distilled}: reusing it")
     else:
         shutil.rmtree(distill_dir, ignore_errors=True)  # an interrupted run: redo it from the start
@@ -323,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
             "EVAL_STEPS": DISTILLATION["MAX_STEPS"],  # one held-out loss, at the end
             "OUTPUT_DIR": str(distill_dir),
         }
-        run_stage("distillation (run.sh)", ["bash", "run.sh"], {**DISTILLATION, **paths}, out_dir)
+        run_stage("quickstart", "distillation (run.sh)", ["bash", "run.sh"], repo(), out_dir, {**DISTILLATION, **paths})
 
     random_student = out_dir / "random_student"
     if not (random_student / "model.safetensors").is_file():
@@ -343,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
                 "OFFLINE_DATA_DIR": str(parts["tasks"]),
                 "OUTPUT_DIR": str(eval_dir),  # one sweep folder per model, a subfolder per task
             }
-            run_stage(f"fine-tune and score the {model} on {task} (run_eval.sh)", ["bash", "run_eval.sh"], env, out_dir)
+            title = f"fine-tune and score the {model} on {task} (run_eval.sh)"
+            run_stage("quickstart", title, ["bash", "run_eval.sh"], repo(), out_dir, env)
             # Read now: run_eval.sh's summary covers the tasks of its own call.
             scores.setdefault(model, {})[task] = read_scores(eval_dir)[task]
     floor = majority_class_scores(tasks, parts["tasks"])

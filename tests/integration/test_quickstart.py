@@ -81,7 +81,7 @@ def test_missing_assets_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_only_a_finished_distillation_is_reused(tmp_path):
-    from minilmv2.tools.quickstart import finished_distillation
+    from minilmv2.checkpoints import finished_run as finished_distillation
 
     student = tmp_path / "student"
     student.mkdir()

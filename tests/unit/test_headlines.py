@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from minilmv2.tools import headlines
+from minilmv2.tools.stages import STAGE_SECONDS_FILE
 
 
 def test_table_rows_hold_each_model_scores_loss_and_minutes(tmp_path):
@@ -15,7 +16,7 @@ def test_table_rows_hold_each_model_scores_loss_and_minutes(tmp_path):
     }  # fmt: skip
     seconds = {f"fine-tune and decode the {model}": 60.0 * (i + 1) for i, model in enumerate(headlines.MODELS)}
     seconds["distillation (run.sh, the quickstart's values)"] = 600.0
-    (tmp_path / headlines.TIMES_FILE).write_text(json.dumps(seconds))
+    (tmp_path / STAGE_SECONDS_FILE).write_text(json.dumps(seconds))
     lead = {"eval_rouge1": 21.05, "eval_rouge2": 3.43, "eval_rougeL": 19.79, "words": 5}
     parameters = {"distilled student": 11.2, "random student": 11.2, "teacher": 22.7}
 
@@ -32,6 +33,6 @@ def test_table_rows_hold_each_model_scores_loss_and_minutes(tmp_path):
     assert " ".join(headlines.HEADLINE_ARGS) in text
 
     del seconds["distillation (run.sh, the quickstart's values)"]  # a reused student: no distillation this run
-    (tmp_path / headlines.TIMES_FILE).write_text(json.dumps(seconds))
+    (tmp_path / STAGE_SECONDS_FILE).write_text(json.dumps(seconds))
     text = headlines.write_table(tmp_path, scores, lead, parameters).read_text()
     assert "Time: 6.0 min in all (the distilled student was reused from an earlier run)." in text
