@@ -122,11 +122,11 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def finished_run(output_dir: str | os.PathLike) -> bool:
-    """Whether `output_dir` holds a distillation that got to its end: the exported student's weights with
-    trainer_state.json beside them. A run stopped by a signal exports its student too, but only a run that was
-    not interrupted writes trainer_state.json there (last)."""
+    """Whether `output_dir` holds a distillation that got to its end: the exported student with trainer_state.json
+    beside it. A run stopped by a signal exports its student too, but only a run that was not interrupted writes
+    trainer_state.json there (last)."""
     output_dir = Path(output_dir)
-    return (output_dir / "trainer_state.json").is_file() and (output_dir / STUDENT_DIR / "model.safetensors").is_file()
+    return (output_dir / "trainer_state.json").is_file() and (output_dir / STUDENT_DIR).is_dir()
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
