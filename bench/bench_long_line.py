@@ -43,7 +43,8 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from minilmv2.data import TokenStream, load_corpus_config
+    from minilmv2.corpus import load_corpus_config
+    from minilmv2.data import TokenStream
     from minilmv2.tools.assets import default_dest
 
     tokenizer_dir = args.tokenizer or default_dest() / "teacher"

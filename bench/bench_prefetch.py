@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # minilmv2 without
 
 from transformers import AutoTokenizer  # noqa: E402
 
-from minilmv2.data import PadCollator, TokenStream, load_corpus_config  # noqa: E402
+from minilmv2.corpus import load_corpus_config  # noqa: E402
+from minilmv2.data import PadCollator, TokenStream  # noqa: E402
 from minilmv2.prefetch import PrefetchLoader  # noqa: E402
 from minilmv2.tools.assets import default_dest  # noqa: E402
 

@@ -175,7 +175,7 @@ def validate_checkpoint(
     `CorpusConfig`) and `stream_options` (`TokenStream.options()`), belong to the same corpus split the same way
     and to a stream that yields the same sequences.
     """
-    from minilmv2.data import rank_units, stream_state_mismatch, unit_records
+    from minilmv2.corpus import rank_units, stream_state_mismatch, unit_records
 
     checkpoint = Path(checkpoint)
     advice = "resume from an earlier checkpoint or start afresh"

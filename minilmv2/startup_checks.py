@@ -22,7 +22,7 @@ from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase, TrainingArguments
 
-    from minilmv2.data import CorpusConfig
+    from minilmv2.corpus import CorpusConfig
     from minilmv2.run_distillation import DataArguments, ModelArguments, RunOptions
 
 LATEST = ("latest", "last", "true", "True")
@@ -419,7 +419,8 @@ def make_plan(
     `command` is the command line, for the student's model card.
     """
     from minilmv2.checkpoints import validate_checkpoint
-    from minilmv2.data import first_record_problem, first_tokens_problem, load_corpus_config, missing_reader_problem
+    from minilmv2.corpus import first_record_problem, load_corpus_config, missing_reader_problem
+    from minilmv2.data import first_tokens_problem
     from minilmv2.launch import check_output_lock
 
     train_config = load_corpus_config(data_args.train_config, "--train_config")

@@ -388,7 +388,7 @@ def write_lines(lines: list[str], path: Path) -> Path:
 
 def write_corpus_configs(out_dir: Path, train: list[str], val: list[str]) -> None:
     """train_config.json / val_config.json naming the shards relative to the config file (which is how
-    minilmv2.data resolves them), so the corpus folder can be moved or copied as a whole."""
+    minilmv2.corpus resolves them), so the corpus folder can be moved or copied as a whole."""
     for name, shards in (("train_config.json", train), ("val_config.json", val)):
         config = {"urls": shards, "format": "text", "columns": "text"}
         (out_dir / name).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -22,7 +22,7 @@ import torch
 from conftest import REPO_ROOT, assets_dir
 from transformers import AutoModel, AutoTokenizer
 
-from minilmv2.data import load_corpus_config
+from minilmv2.corpus import load_corpus_config
 from minilmv2.tools import assets
 
 # ---------------------------------------------------------------------------------------------------------

@@ -693,7 +693,8 @@ def test_held_out_loss_is_the_mean_over_sequences_and_the_best_student_is_loaded
     from transformers import AutoModel, AutoTokenizer
 
     from minilmv2 import MiniLM
-    from minilmv2.data import TokenStream, load_corpus_config
+    from minilmv2.corpus import load_corpus_config
+    from minilmv2.data import TokenStream
 
     val = write_corpus_config(tmp_path / "val.json", [first_lines(corpus_dir / "val-00.txt", tmp_path / "v.txt", 12)])
     out = tmp_path / "out"

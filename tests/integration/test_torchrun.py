@@ -13,7 +13,8 @@ from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpu
 from transformers import AutoModel, AutoTokenizer
 
 from minilmv2.checkpoints import COMPLETE_MARKER, parameters_sha256
-from minilmv2.data import TokenStream, load_corpus_config
+from minilmv2.corpus import load_corpus_config
+from minilmv2.data import TokenStream
 from minilmv2.run_distillation import main
 
 STEPS, BATCH, SEQ_LEN, BUFFER = 6, 4, 32, 16

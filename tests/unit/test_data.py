@@ -19,16 +19,8 @@ import pytest
 import torch
 from fixtures.distill.tiny_teacher import first_lines, tiny_tokenizer, write_corpus_config
 
-from minilmv2.data import (
-    PadCollator,
-    TokenStream,
-    first_tokens_problem,
-    is_byte_splittable,
-    load_corpus_config,
-    missing_reader_problem,
-    rank_units,
-    read_unit,
-)
+from minilmv2.corpus import is_byte_splittable, load_corpus_config, missing_reader_problem, rank_units, read_unit
+from minilmv2.data import PadCollator, TokenStream, first_tokens_problem
 from minilmv2.errors import UsageError
 from minilmv2.hub import OFFLINE_VARIABLES, hub_offline, offline_switches
 
@@ -461,3 +453,18 @@ def test_memory_stays_bounded_on_a_single_long_line(tmp_path, tokenizer):
     before = float(line.split("resident memory ")[1].split(" MB")[0])
     peak = float(line.split("peak ")[1].split(" MB")[0])
     assert peak - before < 60, line
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_every_compression_python_reads_is_decompressed_for_the_empty_corpus_check(tmp_path, suffix, shards):
+    import bz2
+    import lzma
+
+    compress = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[suffix]
+    blank = tmp_path / f"blank.txt{suffix}"
+    blank.write_bytes(compress(b"\n  \n\t\n"))  # the compressed bytes are not blank, the text is
+    with pytest.raises(UsageError, match=r"the corpus is empty \(its 1 file\(s\) hold no text\)"):
+        load_corpus_config(write_corpus_config(tmp_path / "blank.json", [blank]))
+    full = tmp_path / f"full.txt{suffix}"
+    full.write_bytes(compress(shards[0].read_bytes()))
+    assert load_corpus_config(write_corpus_config(tmp_path / "full.json", [full])).sources == (str(full),)

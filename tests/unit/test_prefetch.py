@@ -9,7 +9,8 @@ import pytest
 import torch
 from fixtures.distill.tiny_teacher import first_lines, tiny_tokenizer, write_corpus_config
 
-from minilmv2.data import PadCollator, TokenStream, load_corpus_config
+from minilmv2.corpus import load_corpus_config
+from minilmv2.data import PadCollator, TokenStream
 from minilmv2.prefetch import PrefetchLoader
 
 BATCH = 4
