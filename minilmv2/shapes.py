@@ -134,9 +134,10 @@ def check_distillation_shapes(
     teacher_layers = teacher_config.num_hidden_layers
     L = teacher_layers if L is None else L
     M = shape.num_layers if M is None else M
-    for name, value, upper in ((names.L, L, teacher_layers), (names.M, M, shape.num_layers)):
+    for field, value, model, upper in (("L", L, "teacher", teacher_layers), ("M", M, "student", shape.num_layers)):
         if not _is_positive_int(value) or value > upper:
-            raise ValueError(f"{name} must be an integer in 1..{upper}, got {value!r}")
+            # Which layer it is shows in the range: the model whose layers it counts, and how many it has.
+            raise ValueError(f"{names.with_value(field, value)} must be in 1..{upper}: the {model} has {upper} layers")
 
     hidden, heads = shape.hidden_size, shape.num_attention_heads
     if hidden % heads:

@@ -139,8 +139,9 @@ BAD_INPUTS = {
     "relation heads not dividing the teacher hidden size": (
         lambda a, t: edit(edit(a, "--num_relation_heads", "48"), "--student_hidden_size", "48"),
         "--num_relation_heads 48 does not divide the teacher hidden size 64"),
-    "teacher layer 0": (lambda a, t: edit(a, "--L", "0"), "--L must be an integer in 1..2, got 0"),
-    "teacher layer beyond the teacher": (lambda a, t: edit(a, "--L", "3"), "--L must be an integer in 1..2, got 3"),
+    "teacher layer 0": (lambda a, t: edit(a, "--L", "0"), "--L 0 must be in 1..2: the teacher has 2 layers"),
+    "teacher layer beyond the teacher": (
+        lambda a, t: edit(a, "--L", "3"), "--L 3 must be in 1..2: the teacher has 2 layers"),
     "student heads not dividing the student hidden size": (
         lambda a, t: edit(a, "--student_attention_heads", "3"), "--student_attention_heads 3 does not divide"),
     "student without layers": (lambda a, t: edit(a, "--student_num_layers", "0"), "--student_num_layers must be"),
@@ -674,6 +675,7 @@ def test_latest_skips_a_corrupt_newest_checkpoint_and_intervals_given_now_win(un
     ("variable", "value", "message"),
     [
         ("LR", "-1", "LR=-1.0 is not valid; give a positive learning rate such as 6e-4"),
+        ("L", "9", "L=9 must be in 1..2: the teacher has 2 layers"),
         ("STOP_TIMEOUT", "10m", "STOP_TIMEOUT=10m must be a whole number of seconds (the workers' time to save on "
          "SIGTERM)"),
     ],

@@ -72,9 +72,11 @@ def test_defaults_and_config_or_shape_alike():
 
 CASES = [
     # (arguments, the library's words, the command line's words)
-    ({"L": 0}, "L (teacher layer) must be an integer in 1..3, got 0", "--L must be an integer in 1..3, got 0"),
-    ({"L": 4}, "L (teacher layer) must be an integer in 1..3, got 4", "--L must be an integer in 1..3, got 4"),
-    ({"M": 3}, "M (student layer) must be an integer in 1..2, got 3", None),
+    ({"L": 0}, "L (teacher layer) = 0 must be in 1..3: the teacher has 3 layers",
+     "--L 0 must be in 1..3: the teacher has 3 layers"),
+    ({"L": 4}, "L (teacher layer) = 4 must be in 1..3: the teacher has 3 layers",
+     "--L 4 must be in 1..3: the teacher has 3 layers"),
+    ({"M": 3}, "M (student layer) = 3 must be in 1..2: the student has 2 layers", None),
     ({"A_r": 0}, "A_r (relation heads) must be a positive integer, got 0",
      "--num_relation_heads must be a positive integer, got 0"),
     ({"A_r": 5}, "A_r (relation heads) = 5 does not divide the teacher hidden size 48; values dividing both hidden "
