@@ -110,19 +110,13 @@ MODEL_ARGS=(model_params --input_model_dir "$TEACHER_DIR" --tokenizer_dir "$TOKE
 [ -n "$STUDENT_INTERMEDIATE_SIZE" ] && MODEL_ARGS+=(--student_intermediate_size "$STUDENT_INTERMEDIATE_SIZE")
 ARGS=("${DATA_ARGS[@]}" "${TRAINING_ARGS[@]}" "${MODEL_ARGS[@]}")
 
-# Every argument is checked once, in one process, before any worker starts (one line, exit 2, if wrong).
-# It is told how many processes the launch will have, so a resumed checkpoint is checked against that.
-if ! [[ "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: NPROC=$NPROC is not a number of processes per node" >&2
-    exit 2
-fi
-if ! [[ "$STOP_TIMEOUT" =~ ^[0-9]+$ ]]; then
-    echo "error: STOP_TIMEOUT=$STOP_TIMEOUT must be a whole number of seconds (the workers' time to save on SIGTERM)" >&2
-    exit 2
-fi
-MINILMV2_WORLD_SIZE=$((NPROC * ${NNODES:-1})) "$PYTHON" -m minilmv2.run_distillation "${ARGS[@]}" --validate_only
+# Every value is checked once, in one process, before any worker starts (one line, exit 2, if wrong), the launch
+# values too (MINILMV2_LAUNCH_*: the pre-check also checks a resumed checkpoint against the launch's size).
+MINILMV2_LAUNCH_NPROC=$NPROC MINILMV2_LAUNCH_NNODES=${NNODES:-1} MINILMV2_LAUNCH_STOP_TIMEOUT=$STOP_TIMEOUT \
+    MINILMV2_LAUNCH_PRECISION=$PRECISION MINILMV2_LAUNCH_MASTER_ADDR=${MASTER_ADDR:-} \
+    MINILMV2_LAUNCH_MASTER_PORT=${MASTER_PORT:-29500} "$PYTHON" -m minilmv2.run_distillation "${ARGS[@]}" --validate_only
 
-if [ -n "${NNODES:-}" ] && [ "$NNODES" -gt 1 ]; then
+if [ "${NNODES:-1}" -gt 1 ]; then
     LAUNCH=(--nnodes "$NNODES" --rdzv-id "${RDZV_ID:-minilmv2}" --rdzv-backend c10d
         --rdzv-endpoint "${MASTER_ADDR:?set MASTER_ADDR to the first node}:${MASTER_PORT:-29500}")
 else
@@ -130,7 +124,8 @@ else
 fi
 echo "launching $NPROC process(es) per node; outputs in $OUTPUT_DIR"
 # minilmv2.launch is torchrun run in-process: on SIGTERM/SIGINT the workers save a checkpoint (within
-# STOP_TIMEOUT seconds, on any torch release: torchrun's --shutdown-timeout where it has one) and it exits with 128 + signal, without torchrun's traceback; if it is killed outright
-# (kill -9), its workers notice and exit too. Rank 0 locks OUTPUT_DIR, so a second run there is refused.
+# STOP_TIMEOUT seconds, on any torch release: torchrun's --shutdown-timeout where it has one) and it exits with
+# 128 + signal, without torchrun's traceback; if it is killed outright (kill -9), its workers notice and exit too.
+# Rank 0 locks OUTPUT_DIR, so a second run there is refused.
 exec "$PYTHON" -m minilmv2.launch --stop-timeout "$STOP_TIMEOUT" "${LAUNCH[@]}" --nproc-per-node "$NPROC" \
     -m minilmv2.run_distillation "${ARGS[@]}"

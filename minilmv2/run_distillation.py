@@ -46,7 +46,7 @@ from pathlib import Path
 
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line, user_names
 from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
-from minilmv2.startup_checks import Plan, env_rank, env_world_size, make_plan, print0
+from minilmv2.startup_checks import Plan, check_launch_values, env_rank, env_world_size, make_plan, print0
 
 # The reference's group words: optional separators, dropped before parsing (its command lines and run.sh have them).
 GROUPS = ("data_params", "training_params", "model_params")
@@ -400,6 +400,8 @@ def _main(argv: list[str] | None = None) -> int:
             return int(exit_.code or 0)
     validate_only = VALIDATE_ONLY_FLAG in argv
     argv = [arg for arg in argv if arg != VALIDATE_ONLY_FLAG]
+    if validate_only:
+        check_launch_values()  # first: PRECISION=bf17 would otherwise be read as an unknown flag --bf17
     plan = make_plan(*parse_args(argv), command=["python", "-m", "minilmv2.run_distillation", *argv])
     if validate_only:
         print0("arguments OK")

@@ -72,6 +72,34 @@ def planned_world_size() -> int:
         raise UsageError(f"WORLD_SIZE/MINILMV2_WORLD_SIZE {value!r} is not a number of processes") from None
 
 
+LAUNCH_PREFIX = "MINILMV2_LAUNCH_"  # how run.sh hands its launch values to its pre-check
+
+
+def check_launch_values() -> None:
+    """run.sh's launch values, handed to its pre-check as MINILMV2_LAUNCH_<variable>: UsageError naming the
+    variable, its value and what is valid; then MINILMV2_WORLD_SIZE = NPROC x NNODES for the checks below."""
+    values = {key[len(LAUNCH_PREFIX) :]: value for key, value in os.environ.items() if key.startswith(LAUNCH_PREFIX)}
+    if not values:
+        return
+
+    def whole(name: str, low: int, high: int | None, valid: str) -> int:
+        value = values.get(name, "")
+        if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
+            raise UsageError(f"{name}={value} must be {valid}")
+        return int(value)
+
+    nproc = whole("NPROC", 1, None, "a whole number of processes per node, 1 or more")
+    nnodes = whole("NNODES", 1, None, "a whole number of nodes, 1 or more")
+    whole("STOP_TIMEOUT", 0, None, "a whole number of seconds (the workers' time to save on SIGTERM)")
+    if values.get("PRECISION") not in ("bf16", "fp16", "none"):
+        raise UsageError(f"PRECISION={values.get('PRECISION')} must be bf16, fp16 or none (fp32)")
+    if nnodes > 1:
+        if not values.get("MASTER_ADDR"):
+            raise UsageError(f"NNODES={nnodes} needs MASTER_ADDR, the first node's address (every node the same)")
+        whole("MASTER_PORT", 1, 65535, "a port number in 1..65535 (the same on every node)")
+    os.environ["MINILMV2_WORLD_SIZE"] = str(nproc * nnodes)
+
+
 def check_positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UsageError(f"{name} must be a positive integer, got {value}")

@@ -678,16 +678,26 @@ def test_latest_skips_a_corrupt_newest_checkpoint_and_intervals_given_now_win(un
         ("L", "9", "L=9 must be in 1..2: the teacher has 2 layers"),
         ("STOP_TIMEOUT", "10m", "STOP_TIMEOUT=10m must be a whole number of seconds (the workers' time to save on "
          "SIGTERM)"),
+        ("NPROC", "abc", "NPROC=abc must be a whole number of processes per node, 1 or more"),
+        ("NNODES", "abc", "NNODES=abc must be a whole number of nodes, 1 or more"),
+        ("PRECISION", "bf17", "PRECISION=bf17 must be bf16, fp16 or none (fp32)"),
+        ("NNODES", "2", "NNODES=2 needs MASTER_ADDR, the first node's address (every node the same)"),
+        ("MASTER_PORT", "abc", "MASTER_PORT=abc must be a port number in 1..65535 (the same on every node)"),
     ],
 )  # fmt: skip
 def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path, variable, value, message):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable, "TEACHER_DIR": str(setup["teacher"]),
-           "TRAIN_CONFIG": str(setup["train"]), "OUTPUT_DIR": str(tmp_path / "out"), variable: value,
-           "NPROC": "1", "PRECISION": "none"}  # fmt: skip
+           "TRAIN_CONFIG": str(setup["train"]), "OUTPUT_DIR": str(tmp_path / "out"),
+           "NPROC": "1", "PRECISION": "none", variable: value}  # fmt: skip
+    if variable == "MASTER_PORT":
+        env.update(NNODES="2", MASTER_ADDR="127.0.0.1")
+    elif variable == "NNODES":
+        env.pop("MASTER_ADDR", None)  # one the caller's environment may hold
     script = Path(__file__).resolve().parents[2] / "run.sh"
     result = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == f"error: {message}\n"
+    assert "arguments OK" not in result.stdout and "launching" not in result.stdout
     assert not (tmp_path / "out").exists()
 
 
