@@ -68,21 +68,6 @@ EXTRA_ARGS=${EXTRA_ARGS:-}
 # HF_HUB_OFFLINE is left as the caller set it: a hub or http(s) corpus needs the network, local files do not
 # (with HF_HUB_OFFLINE=1 and such a corpus config, the pre-check below refuses in one line).
 
-# Checks a user can act on, before anything starts.
-if [ ! -f "$TEACHER_DIR/config.json" ]; then
-    echo "error: no teacher at $TEACHER_DIR (config.json missing). Save one there, e.g." >&2
-    echo "  python -c \"from transformers import AutoModel, AutoTokenizer as T; n='bert-base-uncased';" \
-         "AutoModel.from_pretrained(n).save_pretrained('$TEACHER_DIR'); T.from_pretrained(n).save_pretrained('$TEACHER_DIR')\"" >&2
-    echo "  (with network access), or set TEACHER_DIR=/path/to/teacher" >&2
-    exit 2
-fi
-if [ ! -f "$TRAIN_CONFIG" ]; then
-    echo "error: no corpus config at $TRAIN_CONFIG. Write one like" >&2
-    echo '  {"urls": ["corpus/wiki-*.txt", "corpus/books-*.txt.gz"], "format": "text", "columns": "text"}' >&2
-    echo "  or set TRAIN_CONFIG=/path/to/config.json (make assets writes .assets/corpus/train_config.json)" >&2
-    exit 2
-fi
-
 if [ -z "${NPROC:-}" ]; then
     NPROC=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")
 fi

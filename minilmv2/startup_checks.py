@@ -115,7 +115,8 @@ def load_teacher_config(model_dir: str):
     if not path.is_dir():
         raise UsageError(
             f"--input_model_dir {model_dir} does not exist; give a folder with the teacher's config.json and "
-            "weights (e.g. the output of save_pretrained)"
+            f"weights, e.g. AutoModel.from_pretrained('bert-base-uncased').save_pretrained('{model_dir}') (and the "
+            "tokenizer's) where the hub can be reached"
         )
     if not (path / "config.json").is_file():
         raise UsageError(f"--input_model_dir {model_dir} has no config.json; give a folder written by save_pretrained")

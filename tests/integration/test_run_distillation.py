@@ -242,14 +242,18 @@ def test_run_sh_resumes_a_checkpoint_written_by_two_processes(setup, tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"TEACHER_DIR": "no/such/teacher"}, "no teacher at no/such/teacher"),
-        ({"TRAIN_CONFIG": "no/such/config.json"}, "no corpus config at no/such/config.json"),
+        ({"TEACHER_DIR": "no/such/teacher"}, "TEACHER_DIR=no/such/teacher does not exist; give a folder with the "
+         "teacher's config.json and weights, e.g. AutoModel.from_pretrained('bert-base-uncased')"
+         ".save_pretrained('no/such/teacher')"),
+        ({"TRAIN_CONFIG": "no/such/config.json"}, "TRAIN_CONFIG=no/such/config.json does not exist; give a JSON file"),
     ],
-)
+)  # fmt: skip
 def test_run_sh_says_what_to_do_when_the_teacher_or_corpus_is_missing(setup, tmp_path, overrides, message):
+    """run.sh leaves the checks to the Python pre-check: one line naming its variable."""
     env = {"TEACHER_DIR": str(setup["teacher"]), "TRAIN_CONFIG": str(setup["train"]), **overrides}
     result = run_script(env, tmp_path)
-    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}")
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
