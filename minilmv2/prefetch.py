@@ -17,12 +17,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: the entry point reads DEFAULT_DEPTH without importing torch
+    import torch
 
-from minilmv2.data import TokenStream
+    from minilmv2.data import TokenStream
 
 _END = object()  # the stream has ended (finite streams only)
+DEFAULT_DEPTH = 4  # batches made ahead: enough to ride out a slow batch, a few MB of token ids
 
 
 class PrefetchLoader:
@@ -37,7 +40,7 @@ class PrefetchLoader:
         stream: TokenStream,
         collate: Callable[[list[dict]], dict[str, torch.Tensor]],
         batch_size: int,
-        depth: int = 2,
+        depth: int = DEFAULT_DEPTH,
         pin_memory: bool = False,
     ):
         self.stream, self.collate, self.batch_size = stream, collate, batch_size

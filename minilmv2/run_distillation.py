@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 from minilmv2.errors import UsageError, exit_on_usage_error, one_line, user_names
+from minilmv2.prefetch import DEFAULT_DEPTH as DEFAULT_PREFETCH_BATCHES
 from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
 from minilmv2.startup_checks import Plan, check_launch_values, env_rank, env_world_size, make_plan, print0
 
@@ -70,7 +71,7 @@ class DataArguments:
     )
     shuffle_buffer: int = dataclasses.field(default=1000, metadata={"help": "sequences in the seeded shuffle buffer"})
     prefetch_batches: int = dataclasses.field(
-        default=4,
+        default=DEFAULT_PREFETCH_BATCHES,
         metadata={"help": "batches tokenised ahead of the training step in a background thread (0: in the step)"},
     )
 

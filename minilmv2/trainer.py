@@ -59,7 +59,7 @@ from minilmv2.checkpoints import (
     rotate_complete_checkpoints,
 )
 from minilmv2.errors import UsageError
-from minilmv2.prefetch import PrefetchLoader
+from minilmv2.prefetch import DEFAULT_DEPTH, PrefetchLoader
 
 
 class NonFiniteLossError(RuntimeError):
@@ -140,7 +140,7 @@ class RankAgreement:
 class DistillationTrainer(Trainer):
     """HF Trainer for a `MiniLM` distiller fed by a rank-aware `TokenStream` (see module docstring)."""
 
-    def __init__(self, *args, stop_signal: StopSignal | None = None, prefetch_batches: int = 2, **kwargs):
+    def __init__(self, *args, stop_signal: StopSignal | None = None, prefetch_batches: int = DEFAULT_DEPTH, **kwargs):
         super().__init__(*args, **kwargs)
         self.stop_signal = stop_signal or StopSignal()
         self.stopped_by_signal: int | None = None
