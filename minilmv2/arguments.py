@@ -8,10 +8,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from minilmv2.errors import UsageError, one_line
+from minilmv2.errors import UsageError, given, one_line, option
+
+# argparse's words for a value of the wrong type, and what a valid one is.
+_ARGPARSE_BAD_VALUE = re.compile(r"argument --(\w+)(?:/\S+)?: invalid (.+?) value: '(.*)'$")
+_ARGPARSE_BAD_CHOICE = re.compile(r"argument --(\w+)(?:/\S+)?: invalid choice: '(.*)' \(choose from (.*)\)$")
+_ARGPARSE_REQUIRED = "the following arguments are required: "
+_KINDS = {"int": "a whole number", "float": "a number", "string_to_bool": "true or false"}
+
+
+def argparse_message(message: str) -> str:
+    """argparse's complaint about a value in our vocabulary (the option as the user set it, what is valid)."""
+    if match := _ARGPARSE_BAD_VALUE.match(message):
+        field, kind, value = match.groups()
+        return f"{given(field, value)} is not valid: give {_KINDS.get(kind, f'a {kind} value')}"
+    if match := _ARGPARSE_BAD_CHOICE.match(message):
+        field, value, choices = match.groups()
+        return f"{given(field, value)} is not valid: choose from {choices.replace(chr(39), '')}"
+    if message.startswith(_ARGPARSE_REQUIRED):
+        flags = message[len(_ARGPARSE_REQUIRED) :].split(", ")
+        missing = [option(flag.split("/")[0].removeprefix("--")) for flag in flags]
+        return f"required but not given: {', '.join(missing)}"
+    return message
 
 
 def parse_script_arguments(
@@ -32,7 +54,7 @@ def parse_script_arguments(
     parser = HfArgumentParser(dataclass_types, **parser_kwargs)
 
     def refuse(message: str):  # argparse would print the whole usage; we print one line
-        raise UsageError(message)
+        raise UsageError(argparse_message(message))
 
     parser.error = refuse
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from minilmv2.errors import UsageError
+from minilmv2.errors import UsageError, option
 
 STUDENT_DIR = "student"
 DATA_STATE_DIR = "data_state"
@@ -207,7 +207,7 @@ def validate_checkpoint(
         if saved_world != world_size:
             raise UsageError(
                 f"checkpoint {checkpoint} was written by {saved_world} process(es) but this run has {world_size}; "
-                f"resume with {saved_world}, or pass --ignore_data_skip to restart the data stream"
+                f"resume with {saved_world}, or pass {option('ignore_data_skip')} to restart the data stream"
             )
         for rank in range(world_size):
             state_file = checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
@@ -217,7 +217,7 @@ def validate_checkpoint(
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise CorruptCheckpointError(
                     f"checkpoint {checkpoint} is corrupt: {state_file.relative_to(checkpoint)} is missing or "
-                    f"unreadable; {advice}, or pass --ignore_data_skip to restart the data stream"
+                    f"unreadable; {advice}, or pass {option('ignore_data_skip')} to restart the data stream"
                 ) from None
             if train_config is not None:
                 units = unit_records(rank_units(train_config, rank, world_size))
@@ -226,7 +226,7 @@ def validate_checkpoint(
                     raise UsageError(
                         f"checkpoint {checkpoint}: the saved stream position of rank {rank} does not fit this run: "
                         f"{problem}; resume with the checkpoint's corpus config and values, or pass "
-                        "--ignore_data_skip to restart the data stream"
+                        f"{option('ignore_data_skip')} to restart the data stream"
                     )
 
 

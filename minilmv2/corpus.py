@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from minilmv2.errors import UsageError
+from minilmv2.errors import UsageError, given, option
 
 FORMAT_ALIASES = {"txt": "text", "jsonl": "json"}
 CONFIG_EXAMPLE = '{"urls": ["shards/*.txt"], "format": "text", "columns": "text"}'
@@ -65,60 +65,63 @@ def is_remote(source: str) -> bool:
     return "://" in source
 
 
-def _refuse_remote_when_offline(remote: list[str], option: str, path: Path) -> None:
+def _refuse_remote_when_offline(remote: list[str], label: str) -> None:
     from minilmv2.hub import hub_offline, offline_switches
 
     if remote and hub_offline():
         raise UsageError(
-            f"{option} {path} reads {remote[0]} from the network, but the hub is offline ({offline_switches()}); "
+            f"{label} reads {remote[0]} from the network, but the hub is offline ({offline_switches()}); "
             "unset it or use local files"
         )
 
 
-def load_corpus_config(path: str | os.PathLike, option: str = "--train_config") -> CorpusConfig:
-    """Read and validate a corpus config; `UsageError` naming `option` and the bad value otherwise."""
+def load_corpus_config(path: str | os.PathLike, label: str | None = None) -> CorpusConfig:
+    """Read and validate a corpus config; `UsageError` naming it and the bad value otherwise.
+
+    label: how messages name the config (default "corpus config <path>"; the command line names its option)."""
     path = Path(path)
+    label = label or f"corpus config {path}"
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a JSON file like {CONFIG_EXAMPLE}")
+        raise UsageError(f"{label} is a folder; give a JSON file like {CONFIG_EXAMPLE}")
     if not path.is_file():
-        raise UsageError(f"{option} {path} does not exist; give a JSON file like {CONFIG_EXAMPLE}")
+        raise UsageError(f"{label} does not exist; give a JSON file like {CONFIG_EXAMPLE}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise UsageError(f"{option} {path} cannot be read ({err.strerror})") from None
+        raise UsageError(f"{label} cannot be read ({err.strerror})") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{option} {path} is not UTF-8 text; expected JSON like {CONFIG_EXAMPLE}") from None
+        raise UsageError(f"{label} is not UTF-8 text; expected JSON like {CONFIG_EXAMPLE}") from None
     except json.JSONDecodeError as err:
-        raise UsageError(f"{option} {path} is not valid JSON ({err}); expected {CONFIG_EXAMPLE}") from None
+        raise UsageError(f"{label} is not valid JSON ({err}); expected {CONFIG_EXAMPLE}") from None
     if not isinstance(raw, dict):
-        raise UsageError(f"{option} {path} must hold a JSON object like {CONFIG_EXAMPLE}")
+        raise UsageError(f"{label} must hold a JSON object like {CONFIG_EXAMPLE}")
     columns = raw.get("columns", "text")
     if isinstance(columns, str):
         columns = [c.strip() for c in columns.split(",")]
     if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns):
-        raise UsageError(f'{option} {path}: "columns" must be a name or a comma-separated list, got {columns!r}')
+        raise UsageError(f'{label}: "columns" must be a name or a comma-separated list, got {columns!r}')
 
     if "hub" in raw:
         if not isinstance(raw["hub"], str) or not raw["hub"]:
-            raise UsageError(f'{option} {path}: "hub" must be a dataset name such as "wikimedia/wikipedia"')
-        _refuse_remote_when_offline([f"hub dataset {raw['hub']}"], option, path)
+            raise UsageError(f'{label}: "hub" must be a dataset name such as "wikimedia/wikipedia"')
+        _refuse_remote_when_offline([f"hub dataset {raw['hub']}"], label)
         return CorpusConfig((), "hub", tuple(columns), raw["hub"], raw.get("name"), raw.get("split", "train"))
 
     fmt = FORMAT_ALIASES.get(raw.get("format", "text"), raw.get("format", "text"))
     if fmt not in FORMATS:
-        raise UsageError(f"{option} {path}: format {raw.get('format')!r} is not one of {', '.join(FORMATS)}")
+        raise UsageError(f"{label}: format {raw.get('format')!r} is not one of {', '.join(FORMATS)}")
     urls = raw.get("urls")
     if isinstance(urls, str):
         urls = [urls]
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
-        raise UsageError(f'{option} {path}: "urls" must be a non-empty list of paths or URLs, got {urls!r}')
-    _refuse_remote_when_offline([u for u in urls if is_remote(u)], option, path)
+        raise UsageError(f'{label}: "urls" must be a non-empty list of paths or URLs, got {urls!r}')
+    _refuse_remote_when_offline([u for u in urls if is_remote(u)], label)
     sources = []
     for url in urls:
-        sources.extend(_expand_source(url, path.parent, option, path))
+        sources.extend(_expand_source(url, path.parent, label))
     if fmt == "text" and columns != ["text"]:
-        raise UsageError(f'{option} {path}: the text format has one column, "text"; got columns {columns!r}')
-    _refuse_empty_corpus(sources, option, path)
+        raise UsageError(f'{label}: the text format has one column, "text"; got columns {columns!r}')
+    _refuse_empty_corpus(sources, label)
     return CorpusConfig(tuple(sources), fmt, tuple(columns))
 
 
@@ -143,7 +146,7 @@ def missing_reader_problem(config: CorpusConfig) -> str | None:
     )
 
 
-def _expand_source(url: str, base: Path, option: str, config_path: Path) -> list[str]:
+def _expand_source(url: str, base: Path, label: str) -> list[str]:
     if is_remote(url):
         return [url]
     local = Path(os.path.expanduser(url))
@@ -152,16 +155,16 @@ def _expand_source(url: str, base: Path, option: str, config_path: Path) -> list
     if glob.has_magic(str(local)):
         matches = sorted(p for p in glob.glob(str(local), recursive=True) if os.path.isfile(p))
         if not matches:
-            raise UsageError(f"{option} {config_path}: pattern {url} matches no file")
+            raise UsageError(f"{label}: pattern {url} matches no file")
         return matches
     if not local.is_file():
-        raise UsageError(f"{option} {config_path}: corpus file {local} does not exist")
+        raise UsageError(f"{label}: corpus file {local} does not exist")
     if not os.access(local, os.R_OK):
-        raise UsageError(f"{option} {config_path}: corpus file {local} is not readable")
+        raise UsageError(f"{label}: corpus file {local} is not readable")
     return [str(local)]
 
 
-def _refuse_empty_corpus(sources: list[str], option: str, config_path: Path) -> None:
+def _refuse_empty_corpus(sources: list[str], label: str) -> None:
     """Refuse a corpus whose local files hold no text at all (an endless stream of nothing would hang)."""
     local = [s for s in sources if not is_remote(s)]
     if len(local) < len(sources):
@@ -176,8 +179,8 @@ def _refuse_empty_corpus(sources: list[str], option: str, config_path: Path) -> 
                     if chunk.strip():
                         return
         except OSError as err:
-            raise UsageError(f"{option} {config_path}: corpus file {source} cannot be read ({err})") from None
-    raise UsageError(f"{option} {config_path}: the corpus is empty (its {len(local)} file(s) hold no text)")
+            raise UsageError(f"{label}: corpus file {source} cannot be read ({err})") from None
+    raise UsageError(f"{label}: the corpus is empty (its {len(local)} file(s) hold no text)")
 
 
 # ---- compression: one place for every format ----
@@ -367,10 +370,6 @@ def unit_records(units: list[Unit]) -> list[list]:
     return [[u.source, u.mode, u.piece, u.pieces] for u in units]
 
 
-# Values that change what a stream yields: a saved position continues only a stream made with the same ones.
-STREAM_OPTION_FLAGS = {"max_seq_len": "--max_seq_len", "shuffle_buffer": "--shuffle_buffer", "seed": "--seed"}
-
-
 def stream_state_mismatch(state: dict, units: list[list], world_size: int, options: dict | None = None) -> str | None:
     """Why a saved stream position cannot continue a stream over `units` of `world_size` ranks, or None.
 
@@ -397,11 +396,12 @@ def stream_state_mismatch(state: dict, units: list[list], world_size: int, optio
             continue
         saved = saved_options[key]
         if key == "packing":
-            return "it was saved " + ("with packing; this run has --no_packing" if saved else "with --no_packing")
+            return "it was saved " + (
+                f"with packing; this run has {option('no_packing')}" if saved else f"with {option('no_packing')}"
+            )
         if key == "vocab_size":
             return f"the tokenizer differs (saved with a vocabulary of {saved}, this run's has {value})"
-        flag = STREAM_OPTION_FLAGS[key]
-        return f"{flag} {value} differs from the checkpoint's {flag} {saved}"
+        return f"{given(key, value)} differs from the checkpoint's {saved}"
     return None
 
 

@@ -32,6 +32,19 @@ from minilmv2.corpus import (
 )
 from minilmv2.errors import UsageError
 
+# The shortest sequence: [CLS] one token [SEP].
+MIN_SEQ_LEN = 3
+
+
+def framing_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """The ids that open and close every sequence: [CLS] and [SEP], else BOS and EOS; ValueError if neither."""
+    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if cls is None or sep is None:
+        raise ValueError("the tokenizer has no [CLS]/[SEP] (or BOS/EOS) tokens to frame sequences with")
+    return cls, sep
+
+
 # One tokenizer call gets at most this many characters (and at most `tokenize_batch` pieces).
 TOKENIZE_BATCH_CHARS = 1 << 18
 
@@ -41,7 +54,7 @@ def first_tokens_problem(
     tokenizer: PreTrainedTokenizerBase,
     rank: int,
     world_size: int,
-    name: str = "--train_config",
+    name: str | None = None,
     max_chars: int = 1 << 24,
 ) -> str | None:
     """Why rank `rank`'s share of a local corpus yields no token at all, or None (start-up check).
@@ -69,11 +82,12 @@ def first_tokens_problem(
     return no_tokens_message(name, rank, world_size, len(units))
 
 
-def no_tokens_message(name: str, rank: int, world_size: int, parts: int) -> str:
+def no_tokens_message(name: str | None, rank: int, world_size: int, parts: int) -> str:
     share = "the corpus" if world_size == 1 else f"rank {rank}'s share of the corpus ({parts} part(s) of {world_size})"
     advice = "clean the corpus or give it more text" + (", or run fewer processes" if world_size > 1 else "")
     return (
-        f"{name}: {share} yields no tokens: its text is empty or only characters the tokenizer drops "
+        f"{name + ': ' if name else ''}{share} yields no tokens: its text is empty or only characters the tokenizer "
+        f"drops "
         f"(zero-width spaces, control characters); {advice}"
     )
 
@@ -115,21 +129,18 @@ class TokenStream(torch.utils.data.IterableDataset):
         tokenize_batch: int = 64,
         sequence_shard: tuple[int, int] | None = None,
         max_piece_chars: int = MAX_PIECE_CHARS,
-        name: str = "--train_config",
+        name: str | None = None,
     ):
         super().__init__()
-        if max_seq_len < 3:
-            raise UsageError(f"--max_seq_len {max_seq_len} is too short; use at least 3 ([CLS] token [SEP])")
+        if max_seq_len < MIN_SEQ_LEN:
+            raise ValueError(f"max_seq_len {max_seq_len} is too short; use at least {MIN_SEQ_LEN} ([CLS] token [SEP])")
         self.config, self.tokenizer, self.max_seq_len = config, tokenizer, max_seq_len
         self.packing, self.shuffle_buffer, self.seed = packing, max(1, shuffle_buffer), seed
         self.infinite, self.tokenize_batch = infinite, tokenize_batch
         self.rank, self.world_size = rank, world_size
         self.sequence_shard, self.max_piece_chars, self.name = sequence_shard, max_piece_chars, name
         self.units = rank_units(config, rank, world_size)
-        self.cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-        self.sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-        if self.cls_id is None or self.sep_id is None:
-            raise UsageError("the tokenizer has no [CLS]/[SEP] (or BOS/EOS) tokens to frame sequences with")
+        self.cls_id, self.sep_id = framing_tokens(tokenizer)
         self.reset()
 
     def options(self) -> dict:

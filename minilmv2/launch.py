@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from minilmv2.errors import UsageError, exit_on_usage_error
+from minilmv2.errors import UsageError, exit_on_usage_error, given, option
 
 LOCK_NAME = ".minilmv2-run.lock"
 
@@ -153,8 +153,8 @@ def _holder(path: Path) -> str:
 
 def _in_use(output_dir: Path, path: Path) -> UsageError:
     return UsageError(
-        f"--output_dir {output_dir} is in use by another run ({_holder(path)}); wait for it to end or stop it, "
-        "or choose another --output_dir"
+        f"{given('output_dir', output_dir)} is in use by another run ({_holder(path)}); wait for it to end or "
+        f"stop it, or choose another {option('output_dir')}"
     )
 
 

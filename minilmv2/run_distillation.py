@@ -44,10 +44,20 @@ import sys
 import time
 from pathlib import Path
 
-from minilmv2.errors import UsageError, exit_on_usage_error, one_line, user_names
+from transformers import TrainingArguments
+
+from minilmv2.errors import UsageError, exit_on_usage_error, given, one_line, option, setting
 from minilmv2.prefetch import DEFAULT_DEPTH as DEFAULT_PREFETCH_BATCHES
 from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
-from minilmv2.startup_checks import Plan, check_launch_values, env_rank, env_world_size, make_plan, print0
+from minilmv2.startup_checks import (
+    Plan,
+    check_launch_values,
+    check_training_values,
+    env_rank,
+    env_world_size,
+    make_plan,
+    print0,
+)
 
 # The reference's group words: optional separators, dropped before parsing (its command lines and run.sh have them).
 GROUPS = ("data_params", "training_params", "model_params")
@@ -124,6 +134,16 @@ class RunOptions:
     )
 
 
+@dataclasses.dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments, our checks of its values first: the library's own messages (on
+    warmup_steps = -1, logging_steps = 0) name neither the option as the user set it nor what is valid."""
+
+    def __post_init__(self):
+        check_training_values(self)
+        super().__post_init__()
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The module docstring as written, then every option with its default."""
 
@@ -135,7 +155,6 @@ def parse_args(argv: list[str]):
     `--` are separators only: they are dropped, and the options parsed as one list.
     """
     import torch
-    from transformers import TrainingArguments
 
     from minilmv2.arguments import parse_script_arguments
 
@@ -146,7 +165,7 @@ def parse_args(argv: list[str]):
         # torchrun process would train alone). It must be known at parse time: __post_init__ sets up devices.
         unless_given["use_cpu"] = True
     return parse_script_arguments(
-        (DataArguments, ModelArguments, TrainingArguments, RunOptions),
+        (DataArguments, ModelArguments, DistillationTrainingArguments, RunOptions),
         argv,
         unless_given=unless_given,
         # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
@@ -225,26 +244,16 @@ def run(plan: Plan) -> int:
         release_output_lock(lock, output_dir)
 
 
-def train_and_export(plan: Plan, stop_signal) -> int:
+def build_distiller(plan: Plan):
+    """The teacher (loaded, computing in the run's precision), a fresh student in the planned shape, and the
+    MiniLM module that distils one into the other."""
     import torch
-    from transformers import AutoModel, set_seed
+    from transformers import AutoModel
 
     from minilmv2 import MiniLM, build_student, student_config_from_teacher
-    from minilmv2.checkpoints import DATA_STATE_DIR, STUDENT_DIR, last_complete_checkpoint
-    from minilmv2.data import PadCollator, TokenStream
-    from minilmv2.model_card import write_model_card
-    from minilmv2.plots import plot_loss_curve
     from minilmv2.student import ffn_size
-    from minilmv2.trainer import DistillationTrainer, NonFiniteLossError
 
-    data_args, model_args, args = plan.data_args, plan.model_args, plan.training_args
-    output_dir = Path(args.output_dir)
-    if plan.run_options.overwrite_output_dir and plan.checkpoint is None and env_rank() == 0:
-        clear_previous_run(output_dir)
-    configure_training_args(args, plan.val_config is not None)
-    set_seed(args.seed)
-
-    tokenizer = plan.tokenizer
+    model_args, args = plan.model_args, plan.training_args
     print0(f"loading the teacher from {model_args.input_model_dir}")
     teacher = AutoModel.from_pretrained(model_args.input_model_dir)
     student_config = student_config_from_teacher(
@@ -278,12 +287,20 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         f"{student_config.num_attention_heads} heads, FFN {ffn_size(student_config)}: "
         f"{sum(p.numel() for p in student.parameters()):,} parameters ({trainable:,} get a gradient)"
     )
+    return distiller
 
+
+def build_streams(plan: Plan):
+    """(this rank's training stream, resumed where the checkpoint left it; the held-out stream or None)."""
+    from minilmv2.checkpoints import DATA_STATE_DIR
+    from minilmv2.data import TokenStream
+
+    data_args, args, tokenizer = plan.data_args, plan.training_args, plan.tokenizer
     rank, world_size = env_rank(), env_world_size()
     stream_options = {"packing": not data_args.no_packing, "seed": args.seed}
     train_stream = TokenStream(
         plan.train_config, tokenizer, data_args.max_seq_len, shuffle_buffer=data_args.shuffle_buffer,
-        rank=rank, world_size=world_size, infinite=True, name=f"--train_config {data_args.train_config}",
+        rank=rank, world_size=world_size, infinite=True, name=given("train_config", data_args.train_config),
         **stream_options,
     )  # fmt: skip
     val_stream = None
@@ -291,18 +308,41 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         # Every rank packs the whole held-out text the same way and scores its own sequences (i = rank mod world).
         val_stream = TokenStream(
             plan.val_config, tokenizer, data_args.max_seq_len, shuffle_buffer=1, infinite=False,
-            sequence_shard=(rank, world_size), name=f"--val_config {data_args.val_config}", **stream_options,
+            sequence_shard=(rank, world_size), name=given("val_config", data_args.val_config), **stream_options,
         )  # fmt: skip
     if plan.restore_data:
         state_file = plan.checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
         try:
             train_stream.load_state_dict(json.loads(state_file.read_text())["stream"])
         except ValueError as err:
-            raise UsageError(f"{state_file}: {err}; pass --ignore_data_skip to restart the data stream") from None
+            raise UsageError(
+                f"{state_file}: {err}; pass {option('ignore_data_skip')} to restart the data stream"
+            ) from None
         seeks = all(unit.mode == "bytes" for unit in train_stream.units)
         how = "nothing is re-read or re-tokenised" if seeks else "row-wise files skip their consumed rows untokenised"
         print0(f"resuming the corpus stream where {plan.checkpoint} left it ({how})")
+    return train_stream, val_stream
 
+
+def train_and_export(plan: Plan, stop_signal) -> int:
+    """Build, train, export the student (and its model card); the exit status: 0, 1 (non-finite loss) or
+    128 + the signal that stopped training."""
+    from transformers import set_seed
+
+    from minilmv2.checkpoints import STUDENT_DIR
+    from minilmv2.data import PadCollator
+    from minilmv2.model_card import write_model_card
+    from minilmv2.plots import plot_loss_curve
+    from minilmv2.trainer import DistillationTrainer, NonFiniteLossError
+
+    args, tokenizer = plan.training_args, plan.tokenizer
+    output_dir = Path(args.output_dir)
+    if plan.run_options.overwrite_output_dir and plan.checkpoint is None and env_rank() == 0:
+        clear_previous_run(output_dir)
+    configure_training_args(args, plan.val_config is not None)
+    set_seed(args.seed)
+    distiller = build_distiller(plan)
+    train_stream, val_stream = build_streams(plan)
     trainer = DistillationTrainer(
         model=distiller,
         args=args,
@@ -311,7 +351,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         data_collator=PadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
         processing_class=tokenizer,
         stop_signal=stop_signal,
-        prefetch_batches=data_args.prefetch_batches,
+        prefetch_batches=plan.data_args.prefetch_batches,
     )
     tokens_before = 0
     if plan.checkpoint is not None:
@@ -322,15 +362,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         trainer.raise_if_nonfinite()  # before the student is exported: its last updates were finite
         trainer.count_tokens()
     except NonFiniteLossError as err:
-        if env_rank() == 0:
-            good = newest_intact_checkpoint(output_dir)
-            advice = "Lower --learning_rate" + (" or use --bf16 instead of --fp16" if args.fp16 else "")
-            print(
-                f"error: {err}; stopped before applying it. Last good checkpoint: "
-                f"{good or 'none (no checkpoint yet)'}. {advice}, then resume from it.",
-                file=sys.stderr,
-                flush=True,
-            )
+        report_nonfinite(err, output_dir, args.fp16)
         return 1
     elapsed = time.perf_counter() - started
     tokens = trainer.state.num_input_tokens_seen - tokens_before
@@ -341,24 +373,47 @@ def train_and_export(plan: Plan, stop_signal) -> int:
         curve = plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
         write_model_card(output_dir / STUDENT_DIR, summarise_run(plan, distiller, trainer, tokens_seen=tokens), curve)
     if trainer.stopped_by_signal is not None:
+        from minilmv2.checkpoints import last_complete_checkpoint
+
         print0(
             f"stopped by signal {trainer.stopped_by_signal} at step {trainer.state.global_step}; "
             f"checkpoint: {last_complete_checkpoint(output_dir)}; student: {output_dir / STUDENT_DIR}; "
-            "resume with --resume_from_checkpoint latest"
+            f"resume with {setting('resume_from_checkpoint', 'latest')}"
         )
         return 128 + int(trainer.stopped_by_signal)
     if trainer.is_world_process_zero():
         trainer.save_state()  # trainer_state.json beside the student: marks the run finished
-        print(f"throughput: {tokens / elapsed:,.0f} tokens/s over {world_size} process(es) ({tokens:,} tokens)")
-        print(f"student:    {output_dir / STUDENT_DIR}")
-        print(f"loss curve: {curve}")
-        print(f"log:        {output_dir / 'trainer_state.json'}")
-        if any(Path(output_dir).glob("checkpoint-*")):
-            print(f"checkpoints: {output_dir}/checkpoint-*")
-        for callback in trainer.callback_handler.callbacks:
-            if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None):
-                print(f"tensorboard: {callback.logging_dir}")
+        print_outputs(trainer, output_dir, curve, tokens, elapsed)
     return 0
+
+
+def report_nonfinite(err, output_dir: Path, fp16: bool) -> None:
+    """Rank 0 says which step went non-finite, the last good checkpoint and what to change."""
+    if env_rank() != 0:
+        return
+    good = newest_intact_checkpoint(output_dir)
+    advice = f"Lower {option('learning_rate')}" + (" or use --bf16 instead of --fp16" if fp16 else "")
+    print(
+        f"error: {err}; stopped before applying it. Last good checkpoint: {good or 'none (no checkpoint yet)'}. "
+        f"{advice}, then resume from it.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def print_outputs(trainer, output_dir: Path, curve, tokens: int, elapsed: float) -> None:
+    """Where a finished run's outputs are, and its throughput (rank 0)."""
+    from minilmv2.checkpoints import STUDENT_DIR
+
+    print(f"throughput: {tokens / elapsed:,.0f} tokens/s over {env_world_size()} process(es) ({tokens:,} tokens)")
+    print(f"student:    {output_dir / STUDENT_DIR}")
+    print(f"loss curve: {curve}")
+    print(f"log:        {output_dir / 'trainer_state.json'}")
+    if any(Path(output_dir).glob("checkpoint-*")):
+        print(f"checkpoints: {output_dir}/checkpoint-*")
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None):
+            print(f"tensorboard: {callback.logging_dir}")
 
 
 def summarise_run(plan: Plan, distiller, trainer, tokens_seen: int):
@@ -423,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             raise  # printed once, as one line, by exit_on_usage_error
         if getattr(err, "after_plan", False):
             # Raised while training (e.g. this rank's stream position): rank 0 may never see it.
-            print(f"rank {env_rank()}: error: {user_names(str(err))}", file=sys.stderr, flush=True)
+            print(f"rank {env_rank()}: error: {err}", file=sys.stderr, flush=True)
         # Start-up checks fail alike on every rank: rank 0 has said it.
         raise SystemExit(2) from None
 

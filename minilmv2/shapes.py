@@ -8,7 +8,7 @@ with the same words. Every failure is one `ValueError` line naming the bad value
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from minilmv2.architectures import layout_for
@@ -25,26 +25,27 @@ class StudentShape:
     intermediate_size: int | None = None  # None: 4 x hidden (minilmv2.student)
 
 
-@dataclass(frozen=True)
-class ShapeNames:
-    """How the caller names each value in its messages: the library's symbols or the command line's flags."""
+NO_VALUE = object()
 
-    L: str = "L (teacher layer)"
-    M: str = "M (student layer)"
-    A_r: str = "A_r (relation heads)"
-    hidden_size: str = "student hidden size"
-    num_layers: str = "student layers"
-    num_attention_heads: str = "student attention heads"
-    intermediate_size: str = "student intermediate size"
-    minilm_v1: str = "MiniLM v1"
-    # Between a name and its value: "A_r (relation heads) = 5" for the library, "--num_relation_heads 5" for flags.
-    separator: str = " = "
-
-    def with_value(self, field: str, value) -> str:
-        return f"{getattr(self, field)}{self.separator}{value}"
+# The library's words for each value the check names (the paper's symbols and the student's shape).
+LIBRARY_WORDS = {
+    "L": "L (teacher layer)",
+    "M": "M (student layer)",
+    "A_r": "A_r (relation heads)",
+    "hidden_size": "student hidden size",
+    "num_layers": "student layers",
+    "num_attention_heads": "student attention heads",
+    "intermediate_size": "student intermediate size",
+    "minilm_v1": "MiniLM v1",
+}
 
 
-LIBRARY_NAMES = ShapeNames()
+def library_name(field: str, value: object = NO_VALUE) -> str:
+    """How `MiniLM` names a value in its messages: "A_r (relation heads)", with a value "... = 5".
+
+    Callers that name values otherwise (the command line: its options, through minilmv2.errors) pass their own
+    function of (field, value) to `check_distillation_shapes`."""
+    return LIBRARY_WORDS[field] if value is NO_VALUE else f"{LIBRARY_WORDS[field]} = {value}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,23 @@ def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def check_student_shape(shape: StudentShape, name: Callable[..., str] = library_name) -> None:
+    """Positive sizes, and attention heads dividing the hidden size; ValueError (one line) otherwise.
+
+    The one statement of these rules: `student_config_from_teacher` and `check_distillation_shapes` call it.
+    """
+    for field in ("hidden_size", "num_layers", "num_attention_heads", "intermediate_size"):
+        value = getattr(shape, field)
+        if not (value is None and field == "intermediate_size") and not _is_positive_int(value):
+            raise ValueError(f"{name(field, value)} is not valid: give a positive whole number")
+    hidden, heads = shape.hidden_size, shape.num_attention_heads
+    if hidden % heads:
+        valid = [h for h in range(1, hidden + 1) if hidden % h == 0 and h <= 64]
+        raise ValueError(
+            f"{name('num_attention_heads', heads)} does not divide {name('hidden_size', hidden)}; valid: {valid}"
+        )
+
+
 def check_distillation_shapes(
     teacher_config,
     student,
@@ -105,7 +123,7 @@ def check_distillation_shapes(
     A_r: int | None = None,
     relations: Mapping[tuple[int, int], float] | None = None,
     minilm_v1: bool = False,
-    names: ShapeNames = LIBRARY_NAMES,
+    name: Callable[..., str] = library_name,
 ) -> DistillationShapes:
     """Check a distillation's shapes on configs, before any weights load; ValueError (one line) otherwise.
 
@@ -114,6 +132,7 @@ def check_distillation_shapes(
     both Q/K/V widths (required, except for MiniLM v1). relations: {(i, j): weight} (default: Q-Q, K-K, V-V).
     minilm_v1: the v1 preset, Q-K + V-V with one relation head per attention head: the head counts must be
     equal, and an A_r given must be that count (it is used, never silently replaced).
+    name(field, value=NO_VALUE): how messages name a value (default `library_name`).
     """
     if isinstance(student, StudentShape):
         shape, student_width = student, student.hidden_size  # minilmv2.student gives heads x (hidden / heads)
@@ -124,12 +143,9 @@ def check_distillation_shapes(
             student.hidden_size, student.num_hidden_layers, student.num_attention_heads, ffn_size(student)
         )
         student_width = qkv_width_from_config(student)
-    for field in ("hidden_size", "num_layers", "num_attention_heads", "intermediate_size"):
-        value = getattr(shape, field)
-        if not (value is None and field == "intermediate_size") and not _is_positive_int(value):
-            raise ValueError(f"{getattr(names, field)} must be a positive integer, got {value!r}")
+    check_student_shape(shape, name)
     if A_r is not None and not _is_positive_int(A_r):
-        raise ValueError(f"{names.A_r} must be a positive integer, got {A_r!r}")
+        raise ValueError(f"{name('A_r', A_r)} is not valid: give a positive whole number dividing both hidden sizes")
 
     teacher_layers = teacher_config.num_hidden_layers
     L = teacher_layers if L is None else L
@@ -137,39 +153,32 @@ def check_distillation_shapes(
     for field, value, model, upper in (("L", L, "teacher", teacher_layers), ("M", M, "student", shape.num_layers)):
         if not _is_positive_int(value) or value > upper:
             # Which layer it is shows in the range: the model whose layers it counts, and how many it has.
-            raise ValueError(f"{names.with_value(field, value)} must be in 1..{upper}: the {model} has {upper} layers")
+            raise ValueError(f"{name(field, value)} is out of range: the {model} has {upper} layers; use 1..{upper}")
 
-    hidden, heads = shape.hidden_size, shape.num_attention_heads
-    if hidden % heads:
-        valid = [h for h in range(1, hidden + 1) if hidden % h == 0 and h <= 64]
-        raise ValueError(
-            f"{names.with_value('num_attention_heads', heads)} does not divide "
-            f"{names.with_value('hidden_size', hidden)}; valid: {valid}"
-        )
-
+    heads = shape.num_attention_heads
     if minilm_v1:
         teacher_heads = teacher_config.num_attention_heads
         if teacher_heads != heads:
             raise ValueError(
-                f"{names.minilm_v1} needs equal attention head counts, got teacher {teacher_heads} and student "
-                f"{heads} ({names.num_attention_heads}); use the v2 relations instead (without {names.minilm_v1}, "
-                f"{names.A_r} must divide both hidden sizes)"
+                f"{name('minilm_v1')} needs equal attention head counts, got teacher {teacher_heads} and student "
+                f"{heads} ({name('num_attention_heads')}); use the v2 relations instead (without {name('minilm_v1')}, "
+                f"{name('A_r')} must divide both hidden sizes)"
             )
         if A_r is not None and A_r != heads:
             raise ValueError(
-                f"{names.with_value('A_r', A_r)} does not apply with {names.minilm_v1}, which uses one relation "
+                f"{name('A_r', A_r)} does not apply with {name('minilm_v1')}, which uses one relation "
                 f"head per attention head ({heads}); leave it out or give {heads}"
             )
         A_r, relations = heads, V1_RELATIONS
     elif A_r is None:
-        raise ValueError(f"{names.A_r} is required: the number of relation heads, dividing both hidden sizes")
+        raise ValueError(f"{name('A_r')} is required: the number of relation heads, dividing both hidden sizes")
 
     teacher_width = qkv_width_from_config(teacher_config)
     for who, width in (("teacher", teacher_width), ("student", student_width)):
         if width % A_r:
             common = [d for d in range(1, 129) if teacher_width % d == 0 and student_width % d == 0]
             raise ValueError(
-                f"{names.with_value('A_r', A_r)} does not divide the {who} hidden size {width}; values dividing "
+                f"{name('A_r', A_r)} does not divide the {who} hidden size {width}; values dividing "
                 f"both hidden sizes: {common}"
             )
     relations = validate_relations(DEFAULT_RELATIONS if relations is None else relations)

@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from minilmv2.errors import UsageError, one_line
+from minilmv2.errors import UsageError, given, one_line, option, refuse, setting
 from minilmv2.model_files import SINGLE_WEIGHT_FILES, TOKENIZER_FILES, WEIGHT_INDEX_FILES, has_tokenizer, has_weights
 from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
+from minilmv2.shapes import NO_VALUE
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase, TrainingArguments
@@ -34,17 +35,18 @@ def parse_relations(text: str) -> dict[tuple[int, int], float]:
     try:
         relations = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise UsageError(
-            f'--minilm_relations "{text}" is not a literal like "{relations_literal(DEFAULT_RELATIONS)}"'
+        raise refuse(
+            "minilm_relations", f'"{text}"', f'is not a literal like "{relations_literal(DEFAULT_RELATIONS)}"'
         ) from None
     try:
         relations = validate_relations(relations)
     except ValueError as err:
-        raise UsageError(f"--minilm_relations {text!r}: {err}") from None
+        raise refuse("minilm_relations", repr(text), f"is not valid: {err}") from None
     if not any(weight > 0 for weight in relations.values()):
-        raise UsageError(
-            f"--minilm_relations {text!r} gives every relation weight 0: nothing would be distilled; give at "
-            "least one a positive weight"
+        raise refuse(
+            "minilm_relations",
+            repr(text),
+            "gives every relation weight 0: nothing would be distilled; give at least one a positive weight",
         )
     return relations
 
@@ -100,9 +102,9 @@ def check_launch_values() -> None:
     os.environ["MINILMV2_WORLD_SIZE"] = str(nproc * nnodes)
 
 
-def check_positive(name: str, value: int | None) -> None:
+def check_positive(field: str, value: int | None) -> None:
     if value is not None and value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value}")
+        raise refuse(field, value, "is not valid: give a positive whole number")
 
 
 def load_teacher_config(model_dir: str):
@@ -113,28 +115,29 @@ def load_teacher_config(model_dir: str):
 
     path = Path(model_dir)
     if not path.is_dir():
-        raise UsageError(
-            f"--input_model_dir {model_dir} does not exist; give a folder with the teacher's config.json and "
-            f"weights, e.g. AutoModel.from_pretrained('bert-base-uncased').save_pretrained('{model_dir}') (and the "
-            "tokenizer's) where the hub can be reached"
+        raise refuse(
+            "input_model_dir",
+            model_dir,
+            "does not exist; give a folder with the teacher's config.json and weights, e.g. "
+            f"AutoModel.from_pretrained('bert-base-uncased').save_pretrained('{model_dir}') (and the tokenizer's) "
+            "where the hub can be reached",
         )
     if not (path / "config.json").is_file():
-        raise UsageError(f"--input_model_dir {model_dir} has no config.json; give a folder written by save_pretrained")
+        raise refuse("input_model_dir", model_dir, "has no config.json; give a folder written by save_pretrained")
     if not has_weights(path):
-        raise UsageError(f"--input_model_dir {model_dir} has no weights ({' or '.join(SINGLE_WEIGHT_FILES)})")
+        raise refuse("input_model_dir", model_dir, f"has no weights ({' or '.join(SINGLE_WEIGHT_FILES)})")
     problem = teacher_weights_problem(path)
     if problem:
-        raise UsageError(
-            f"--input_model_dir {model_dir}: {problem}; save or download the teacher again (save_pretrained)"
-        )
+        raise refuse("input_model_dir", model_dir, f"is damaged: {problem}; save or download the teacher again")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"--input_model_dir {model_dir}: config.json cannot be read ({one_line(err)})") from None
+        raise refuse("input_model_dir", model_dir, f"has a config.json that cannot be read ({one_line(err)})") from None
     if config.model_type not in ENCODER_LAYOUTS:
-        raise UsageError(
-            f"--input_model_dir {model_dir} is a {config.model_type!r} model; supported teachers: "
-            f"{', '.join(sorted(ENCODER_LAYOUTS))}"
+        raise refuse(
+            "input_model_dir",
+            model_dir,
+            f"is a {config.model_type!r} model; supported teachers: {', '.join(sorted(ENCODER_LAYOUTS))}",
         )
     return config
 
@@ -165,54 +168,60 @@ def load_tokenizer(model_args, teacher_config):
     """The tokenizer (files only, no weights), checked against the teacher's embeddings."""
     from transformers import AutoTokenizer
 
-    option, directory = tokenizer_option(model_args)
+    from minilmv2.data import framing_tokens
+
+    field, directory = tokenizer_option(model_args)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"{option} {directory}: the tokenizer cannot be loaded ({one_line(err)})") from None
+        raise refuse(field, directory, f"has a tokenizer that cannot be loaded ({one_line(err)})") from None
     vocab = getattr(teacher_config, "vocab_size", None)
     if vocab and len(tokenizer) > vocab:
-        raise UsageError(
-            f"{option} {directory} has {len(tokenizer)} tokens but the teacher's embeddings have {vocab}; use the "
-            "tokenizer the teacher was trained with (or one with at most that many tokens)"
+        raise refuse(
+            field,
+            directory,
+            f"has {len(tokenizer)} tokens but the teacher's embeddings have {vocab}; use the tokenizer the teacher "
+            "was trained with (or one with at most that many tokens)",
         )
-    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    if cls is None or sep is None:
-        raise UsageError(f"{option} {directory}: the tokenizer has no [CLS]/[SEP] (or BOS/EOS) tokens")
+    try:
+        framing_tokens(tokenizer)
+    except ValueError as err:
+        raise refuse(field, directory, f"cannot be used: {err}") from None
     return tokenizer
 
 
 def tokenizer_option(model_args) -> tuple[str, str]:
+    """The tokenizer's option and folder: --tokenizer_dir, else the teacher's folder."""
     if model_args.tokenizer_dir:
-        return "--tokenizer_dir", model_args.tokenizer_dir
-    return "--input_model_dir", model_args.input_model_dir
+        return "tokenizer_dir", model_args.tokenizer_dir
+    return "input_model_dir", model_args.input_model_dir
 
 
 def check_training_values(args) -> None:
-    """Optimizer and interval values TrainingArguments accepts but that make no sense (or crash later)."""
+    """Optimizer and interval values that make no sense (or crash later), checked as given, before
+    TrainingArguments' own checks (run_distillation.DistillationTrainingArguments calls this first)."""
     import math
 
-    def refuse(flag: str, value, valid: str):
-        raise UsageError(f"{flag} {value} is not valid; {valid}")
+    def invalid(field: str, valid: str):
+        raise refuse(field, getattr(args, field), f"is not valid: {valid}")
 
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        refuse("--learning_rate", args.learning_rate, "give a positive learning rate such as 6e-4")
+        invalid("learning_rate", "give a positive learning rate such as 6e-4")
     if not args.adam_epsilon > 0:
-        refuse("--adam_epsilon", args.adam_epsilon, "give a small positive value such as 1e-6")
-    for flag, beta in (("--adam_beta1", args.adam_beta1), ("--adam_beta2", args.adam_beta2)):
-        if not 0 <= beta < 1:
-            refuse(flag, beta, "it must be in [0, 1)")
+        invalid("adam_epsilon", "give a small positive value such as 1e-6")
+    for field in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, field) < 1:
+            invalid(field, "it must be in [0, 1)")
     if not args.weight_decay >= 0:
-        refuse("--weight_decay", args.weight_decay, "it must be 0 or more")
+        invalid("weight_decay", "it must be 0 or more")
     if args.max_grad_norm is not None and not args.max_grad_norm >= 0:
-        refuse("--max_grad_norm", args.max_grad_norm, "it must be 0 (no clipping) or more")
+        invalid("max_grad_norm", "it must be 0 (no clipping) or more")
     if args.warmup_steps is not None and args.warmup_steps < 0:
-        refuse("--warmup_steps", args.warmup_steps, "it must be 0 or more")
-    for kind in ("save", "logging", "eval"):
-        value = getattr(args, f"{kind}_steps")
+        invalid("warmup_steps", "give 0 or more steps (or a fraction of the run below 1)")
+    for field in ("save_steps", "logging_steps", "eval_steps"):
+        value = getattr(args, field)
         if value is not None and not value > 0:
-            refuse(f"--{kind}_steps", value, "give a positive number of steps")
+            invalid(field, "give a positive number of steps")
 
 
 def check_report_to(args) -> None:
@@ -228,12 +237,11 @@ def check_report_to(args) -> None:
     for name in requested:
         if name not in trackers.INTEGRATION_TO_CALLBACK:
             known = ", ".join(sorted(trackers.INTEGRATION_TO_CALLBACK))
-            raise UsageError(f"--report_to {name} is not a tracker; valid: none, all, {known}")
+            raise refuse("report_to", name, f"is not a tracker; valid: none, all, {known}")
         if name not in available:
             installed = ", ".join(sorted(available)) or "none"
-            raise UsageError(
-                f"--report_to {name}: {name} is not installed; install it, or report to an installed one "
-                f"({installed}) or none"
+            raise refuse(
+                "report_to", name, f"is not installed; install it, or report to an installed one ({installed}) or none"
             )
 
 
@@ -245,15 +253,15 @@ def check_writable(output_dir: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"--output_dir {output_dir}: {existing} is a file, not a folder")
+        raise refuse("output_dir", output_dir, f"cannot be made: {existing} is a file, not a folder")
     try:  # a real probe: permission bits say nothing for root, nor on a read-only mount
         descriptor, probe = tempfile.mkstemp(prefix=".minilmv2-probe-", dir=existing)
         os.close(descriptor)
         os.unlink(probe)
     except OSError as err:
         where = "" if existing == output_dir else f" ({existing}, where it would be made)"
-        raise UsageError(
-            f"--output_dir {output_dir} is not writable{where}: {err.strerror}; choose a folder you can write to"
+        raise refuse(
+            "output_dir", output_dir, f"is not writable{where}: {err.strerror}; choose a folder you can write to"
         ) from None
 
 
@@ -264,57 +272,56 @@ def check_student_matches(checkpoint: Path, model_args, teacher_config) -> None:
     except (OSError, ValueError):
         return  # validate_checkpoint names a missing or unreadable student
     asked = {
-        "--student_num_layers": ("num_hidden_layers", model_args.student_num_layers),
-        "--student_hidden_size": ("hidden_size", model_args.student_hidden_size),
-        "--student_attention_heads": ("num_attention_heads", model_args.student_attention_heads),
-        "--student_intermediate_size": (
+        "student_num_layers": ("num_hidden_layers", model_args.student_num_layers),
+        "student_hidden_size": ("hidden_size", model_args.student_hidden_size),
+        "student_attention_heads": ("num_attention_heads", model_args.student_attention_heads),
+        "student_intermediate_size": (
             "intermediate_size",
             model_args.student_intermediate_size or 4 * model_args.student_hidden_size,
         ),
     }
     if model_args.student_intermediate_size is None and saved.get("hidden_size") != model_args.student_hidden_size:
-        del asked["--student_intermediate_size"]  # its default follows the hidden size: that difference says it
-    differing = [f"{flag} {value} (it has {saved.get(key)})" for flag, (key, value) in asked.items()
+        del asked["student_intermediate_size"]  # its default follows the hidden size: that difference says it
+    differing = [f"{given(field, value)} (it has {saved.get(key)})" for field, (key, value) in asked.items()
                  if key in saved and saved[key] != value]  # fmt: skip
     if saved.get("vocab_size") not in (None, getattr(teacher_config, "vocab_size", None)):
         differing.append(f"the teacher's vocabulary of {teacher_config.vocab_size} (it has {saved['vocab_size']})")
     if differing:
         raise UsageError(
             f"checkpoint {checkpoint} holds a different student than this run asks for: {'; '.join(differing)}; "
-            "resume with the checkpoint's shape, or start afresh in another --output_dir"
+            f"resume with the checkpoint's shape, or start afresh in another {option('output_dir')}"
         )
 
 
 def check_tokenizer_dir(model_args) -> None:
     """The tokenizer folder (--tokenizer_dir, else the teacher's) must hold a tokenizer's files."""
-    option, directory = (
-        ("--tokenizer_dir", model_args.tokenizer_dir)
-        if model_args.tokenizer_dir
-        else ("--input_model_dir", model_args.input_model_dir)
-    )
+    field, directory = tokenizer_option(model_args)
     if not Path(directory).is_dir():
-        raise UsageError(f"{option} {directory} does not exist")
+        raise refuse(field, directory, "does not exist")
     if not has_tokenizer(directory):
-        raise UsageError(
-            f"{option} {directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save one there with "
-            "tokenizer.save_pretrained or pass --tokenizer_dir"
+        raise refuse(
+            field,
+            directory,
+            f"has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save one there with tokenizer.save_pretrained "
+            f"or give {option('tokenizer_dir')}",
         )
 
 
-def shape_flag_names():
-    """The distiller's shape check names its values by this command line's flags (minilmv2.shapes.ShapeNames)."""
-    from minilmv2.shapes import ShapeNames
+# The option that sets each value the shape check names (minilmv2.shapes' fields).
+SHAPE_OPTIONS = {
+    "L": "L",
+    "A_r": "num_relation_heads",
+    "hidden_size": "student_hidden_size",
+    "num_layers": "student_num_layers",
+    "num_attention_heads": "student_attention_heads",
+    "intermediate_size": "student_intermediate_size",
+    "minilm_v1": "minilm_v1",
+}
 
-    return ShapeNames(
-        L="--L",
-        A_r="--num_relation_heads",
-        hidden_size="--student_hidden_size",
-        num_layers="--student_num_layers",
-        num_attention_heads="--student_attention_heads",
-        intermediate_size="--student_intermediate_size",
-        minilm_v1="--minilm_v1",
-        separator=" ",
-    )
+
+def shape_option_name(field: str, value: object = NO_VALUE) -> str:
+    """How the shape check names a value on this command line: its option (minilmv2.errors' vocabulary)."""
+    return option(SHAPE_OPTIONS[field]) if value is NO_VALUE else given(SHAPE_OPTIONS[field], value)
 
 
 def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -> None:
@@ -322,7 +329,6 @@ def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -
     on configs, its messages naming this command line's flags), then the sequence length."""
     from minilmv2.shapes import StudentShape, check_distillation_shapes
 
-    flag_names = shape_flag_names()
     student = StudentShape(
         model_args.student_hidden_size,
         model_args.student_num_layers,
@@ -337,15 +343,21 @@ def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -
             A_r=model_args.num_relation_heads,
             relations=relations,
             minilm_v1=model_args.minilm_v1,
-            names=flag_names,
+            name=shape_option_name,
         )
     except ValueError as err:
         raise UsageError(one_line(err)) from None
     from minilmv2.architectures import usable_positions
+    from minilmv2.data import MIN_SEQ_LEN
 
     max_positions = usable_positions(teacher_config)
-    if max_seq_len < 3 or (max_positions and max_seq_len > max_positions):
-        raise UsageError(f"--max_seq_len {max_seq_len} must be in 3..{max_positions} (the teacher's positions)")
+    if max_seq_len < MIN_SEQ_LEN or (max_positions and max_seq_len > max_positions):
+        raise refuse(
+            "max_seq_len",
+            max_seq_len,
+            f"is out of range: use {MIN_SEQ_LEN}..{max_positions} ([CLS] a token [SEP] at least; the teacher has "
+            f"{max_positions} positions)",
+        )
 
 
 def check_relation_kernel(kernel: str, training_args) -> None:
@@ -358,7 +370,7 @@ def check_relation_kernel(kernel: str, training_args) -> None:
     try:
         resolve_kernel(kernel, device)
     except ValueError as err:
-        raise UsageError(f"--relation_kernel: {err}") from None
+        raise refuse("relation_kernel", kernel, f"cannot run here: {err}") from None
 
 
 def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
@@ -368,16 +380,20 @@ def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
     if not output_dir.exists() or resuming or overwrite:
         return
     if not output_dir.is_dir():
-        raise UsageError(f"--output_dir {output_dir} is a file; give a folder")
+        raise refuse("output_dir", output_dir, "is a file; give a folder")
     if finished_run(output_dir):
-        raise UsageError(
-            f"--output_dir {output_dir} already holds a finished run; pass --overwrite_output_dir to replace it "
-            "or choose another --output_dir"
+        raise refuse(
+            "output_dir",
+            output_dir,
+            f"already holds a finished run; pass {option('overwrite_output_dir')} to replace it or choose another "
+            f"{option('output_dir')}",
         )
     if any(output_dir.glob(f"{CHECKPOINT_PREFIX}*")):
-        raise UsageError(
-            f"--output_dir {output_dir} holds checkpoints of an earlier run; pass --resume_from_checkpoint latest "
-            "to continue it or --overwrite_output_dir to start afresh"
+        raise refuse(
+            "output_dir",
+            output_dir,
+            f"holds checkpoints of an earlier run; resume it with {setting('resume_from_checkpoint', 'latest')} or "
+            f"start afresh with {option('overwrite_output_dir')}",
         )
 
 
@@ -404,7 +420,7 @@ def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path |
             print0(f"resuming from {checkpoint}, the newest intact checkpoint (skipped: {', '.join(skipped)})")
         return checkpoint
     detail = f" ({len(skipped)} skipped as damaged: {', '.join(skipped)})" if skipped else ""
-    raise UsageError(f"--resume_from_checkpoint {requested}: no complete, intact checkpoint in {output_dir}{detail}")
+    raise refuse("resume_from_checkpoint", requested, f"finds no complete, intact checkpoint in {output_dir}{detail}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -447,46 +463,27 @@ def make_plan(
 
     `command` is the command line, for the student's model card.
     """
-    from minilmv2.checkpoints import validate_checkpoint
-    from minilmv2.corpus import first_record_problem, load_corpus_config, missing_reader_problem
-    from minilmv2.data import first_tokens_problem
-    from minilmv2.launch import check_output_lock
+    from minilmv2.corpus import load_corpus_config
 
-    train_config = load_corpus_config(data_args.train_config, "--train_config")
-    val_config = load_corpus_config(data_args.val_config, "--val_config") if data_args.val_config else None
-    check_positive("--shuffle_buffer", data_args.shuffle_buffer)
-    if data_args.prefetch_batches < 0:
-        raise UsageError(f"--prefetch_batches {data_args.prefetch_batches} must be 0 (no prefetch) or more")
-    if training_args.max_steps is None or training_args.max_steps < 1:
-        raise UsageError("--max_steps must be a positive number of optimizer steps (the corpus is a stream)")
-    check_positive("--per_device_train_batch_size", training_args.per_device_train_batch_size)
-    check_positive("--gradient_accumulation_steps", training_args.gradient_accumulation_steps)
-    check_training_values(training_args)
+    corpora = {"train_config": data_args.train_config, "val_config": data_args.val_config}
+    train_config = load_corpus_config(corpora["train_config"], given("train_config", corpora["train_config"]))
+    val_config = None
+    if corpora["val_config"]:
+        val_config = load_corpus_config(corpora["val_config"], given("val_config", corpora["val_config"]))
+    check_run_length(data_args, training_args)
     teacher_config = load_teacher_config(model_args.input_model_dir)
     check_tokenizer_dir(model_args)
     relations = parse_relations(model_args.minilm_relations)
     if model_args.minilm_v1 and relations != DEFAULT_RELATIONS:
         # Relations equal to the default cannot be told from no relations given; any others are a contradiction.
-        raise UsageError(
-            f"--minilm_relations {model_args.minilm_relations!r} does not apply with --minilm_v1, whose relations "
-            "are Q-K and V-V; drop one of the two"
+        raise refuse(
+            "minilm_relations",
+            repr(model_args.minilm_relations),
+            f"does not apply with {option('minilm_v1')}, whose relations are Q-K and V-V; drop one of the two",
         )
     check_shapes(model_args, teacher_config, data_args.max_seq_len, relations)
     check_relation_kernel(model_args.relation_kernel, training_args)
-    if training_args.load_best_model_at_end:
-        if val_config is None:
-            raise UsageError("--load_best_model_at_end needs held-out text to rank checkpoints: pass --val_config")
-        if training_args.metric_for_best_model not in (None, "loss", "eval_loss"):
-            raise UsageError(
-                f"--metric_for_best_model {training_args.metric_for_best_model} is not reported; the held-out "
-                "metric is loss (eval_loss)"
-            )
-    eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
-    if val_config is None and eval_strategy != "no":
-        raise UsageError(
-            f"--eval_strategy {eval_strategy} needs held-out text: pass data_params --val_config "
-            "(or drop --eval_strategy)"
-        )
+    check_evaluation(training_args, has_val=val_config is not None)
     check_report_to(training_args)
     tokenizer = load_tokenizer(model_args, teacher_config)
 
@@ -494,12 +491,16 @@ def make_plan(
     training_args.output_dir = str(output_dir)
     check_writable(output_dir)
     if env_rank() == 0:
+        from minilmv2.launch import check_output_lock
+
         check_output_lock(output_dir)  # rank 0 takes the lock later; other ranks would find their own run's
     requested = training_args.resume_from_checkpoint or model_args.checkpoint_dir
     restore_data = requested is not None and not training_args.ignore_data_skip
     options = stream_options(data_args, training_args, tokenizer)
 
     def check(candidate: Path) -> None:
+        from minilmv2.checkpoints import validate_checkpoint
+
         validate_checkpoint(candidate, planned_world_size(), restore_data, train_config, options)
         check_student_matches(candidate, model_args, teacher_config)
 
@@ -507,28 +508,72 @@ def make_plan(
     restore_data = checkpoint is not None and restore_data
     check_output_dir(output_dir, checkpoint is not None, run_options.overwrite_output_dir)
 
-    # The corpus last (it reads files): the declared format and columns, then each rank's first tokens.
-    world_size = planned_world_size()
-    for option, config in (("--train_config", train_config), ("--val_config", val_config)):
-        if config is None:
-            continue
-        path = data_args.train_config if option == "--train_config" else data_args.val_config
-        problem = first_record_problem(config) or missing_reader_problem(config)
-        if problem:
-            raise UsageError(f"{option} {path}: {problem}")
-        if option == "--val_config":
-            ranks, shares = [0], 1  # held-out text is read whole by every rank
-        elif "WORLD_SIZE" in os.environ:
-            # A torchrun worker probes its own share only (all of them would cost every rank reads of every share,
-            # growing with the square of the number of processes); run.sh's single-process pre-check probed them all.
-            ranks, shares = [env_rank()], world_size
-        else:
-            ranks, shares = range(world_size), world_size
-        for rank in ranks:
-            problem = first_tokens_problem(config, tokenizer, rank, shares, f"{option} {path}")
-            if problem:
-                raise UsageError(problem)
+    # The corpus last (it reads files).
+    check_corpus("train_config", corpora["train_config"], train_config, tokenizer)
+    if val_config is not None:
+        check_corpus("val_config", corpora["val_config"], val_config, tokenizer)
     return Plan(
         data_args, model_args, training_args, run_options, train_config, val_config, teacher_config, relations,
         checkpoint, restore_data, tokenizer, command,
     )  # fmt: skip
+
+
+def check_run_length(data_args, training_args) -> None:
+    """Steps, batch, accumulation and the stream's buffers."""
+    check_positive("shuffle_buffer", data_args.shuffle_buffer)
+    if data_args.prefetch_batches < 0:
+        raise refuse("prefetch_batches", data_args.prefetch_batches, "is not valid: give 0 (no prefetch) or more")
+    if training_args.max_steps is None or training_args.max_steps < 1:
+        raise refuse(
+            "max_steps", training_args.max_steps, "is not valid: give a positive number (the corpus is a stream)"
+        )
+    check_positive("per_device_train_batch_size", training_args.per_device_train_batch_size)
+    check_positive("gradient_accumulation_steps", training_args.gradient_accumulation_steps)
+
+
+def check_evaluation(training_args, has_val: bool) -> None:
+    """Evaluation and best-model options need held-out text, and rank by the one metric reported (its loss)."""
+    if training_args.load_best_model_at_end:
+        if not has_val:
+            raise refuse(
+                "load_best_model_at_end", True, f"needs held-out text to rank checkpoints: give {option('val_config')}"
+            )
+        if training_args.metric_for_best_model not in (None, "loss", "eval_loss"):
+            raise refuse(
+                "metric_for_best_model",
+                training_args.metric_for_best_model,
+                "is not reported; the held-out metric is loss (eval_loss)",
+            )
+    eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if not has_val and eval_strategy != "no":
+        raise refuse(
+            "eval_strategy",
+            eval_strategy,
+            f"needs held-out text: give {option('val_config')} (or drop {option('eval_strategy')})",
+        )
+
+
+def check_corpus(field: str, path: str, config: CorpusConfig, tokenizer) -> None:
+    """The declared format and columns fit the first records, then the first tokens of each share.
+
+    Training text: every rank's share in the single-process pre-check (run.sh's), only its own in a torchrun
+    worker (all of them would cost every rank reads of every share, growing with the square of the number of
+    processes). Held-out text is read whole by every rank: one share.
+    """
+    from minilmv2.corpus import first_record_problem, missing_reader_problem
+    from minilmv2.data import first_tokens_problem
+
+    problem = first_record_problem(config) or missing_reader_problem(config)
+    if problem:
+        raise refuse(field, path, f": {problem}")
+    world_size = planned_world_size()
+    if field == "val_config":
+        ranks, shares = [0], 1
+    elif "WORLD_SIZE" in os.environ:
+        ranks, shares = [env_rank()], world_size
+    else:
+        ranks, shares = range(world_size), world_size
+    for rank in ranks:
+        problem = first_tokens_problem(config, tokenizer, rank, shares, given(field, path))
+        if problem:
+            raise UsageError(problem)

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from minilmv2.architectures import layout_for
+from minilmv2.shapes import StudentShape, check_student_shape
 
 
 def student_config_from_teacher(
@@ -26,19 +27,7 @@ def student_config_from_teacher(
     continued over the student's layers. Shape-free settings are the teacher's: vocabulary, positions, rotary
     bases and sliding window, DeBERTa's relative position buckets, MPNet's relative attention buckets.
     """
-    for name, value in (
-        ("hidden_size", hidden_size),
-        ("num_layers", num_layers),
-        ("num_attention_heads", num_attention_heads),
-    ):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"student {name} must be a positive integer, got {value!r}")
-    if hidden_size % num_attention_heads:
-        raise ValueError(
-            f"student attention heads ({num_attention_heads}) must divide the student hidden size ({hidden_size})"
-        )
-    if intermediate_size is not None and (not isinstance(intermediate_size, int) or intermediate_size < 1):
-        raise ValueError(f"student intermediate_size must be a positive integer, got {intermediate_size!r}")
+    check_student_shape(StudentShape(hidden_size, num_layers, num_attention_heads, intermediate_size))
     layout = layout_for(teacher_config)
     config = copy.deepcopy(teacher_config)
     # DistilBERT's dim / n_layers / n_heads are reached through these names by its config's attribute_map.

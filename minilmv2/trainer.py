@@ -58,7 +58,7 @@ from minilmv2.checkpoints import (
     parameters_sha256,
     rotate_complete_checkpoints,
 )
-from minilmv2.errors import UsageError
+from minilmv2.errors import UsageError, option
 from minilmv2.prefetch import DEFAULT_DEPTH, PrefetchLoader
 
 
@@ -324,7 +324,7 @@ class DistillationTrainer(Trainer):
             dist.all_reduce(totals)
         total, count = totals.tolist()
         if count == 0:
-            raise UsageError("the held-out corpus (--val_config) yields no sequence to evaluate")
+            raise UsageError(f"the held-out corpus ({option('val_config')}) yields no sequence to evaluate")
         metrics = {f"{metric_key_prefix}_loss": total / count, f"{metric_key_prefix}_sequences": int(count)}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

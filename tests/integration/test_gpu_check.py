@@ -134,7 +134,8 @@ def test_a_corpus_that_needs_datasets_is_refused_in_one_line_where_it_is_missing
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr == (
-        f"error: --train_config {config}: corpus file {compressed} is read through the datasets package, which is "
+        f"error: the corpus config --train_config {config}: corpus file {compressed} is read through the datasets "
+        f"package, which is "
         "not installed; pip install datasets, or use uncompressed local text or JSON-lines files\n"
     )
     assert not (tmp_path / "out").exists()

@@ -139,12 +139,15 @@ BAD_INPUTS = {
     "relation heads not dividing the teacher hidden size": (
         lambda a, t: edit(edit(a, "--num_relation_heads", "48"), "--student_hidden_size", "48"),
         "--num_relation_heads 48 does not divide the teacher hidden size 64"),
-    "teacher layer 0": (lambda a, t: edit(a, "--L", "0"), "--L 0 must be in 1..2: the teacher has 2 layers"),
+    "teacher layer 0": (lambda a, t: edit(a, "--L", "0"), "the teacher layer --L 0 is out of range: the teacher has 2 "
+        "layers; use 1..2"),
     "teacher layer beyond the teacher": (
-        lambda a, t: edit(a, "--L", "3"), "--L 3 must be in 1..2: the teacher has 2 layers"),
+        lambda a, t: edit(a, "--L", "3"), "the teacher layer --L 3 is out of range: the teacher has 2 layers; use "
+            "1..2"),
     "student heads not dividing the student hidden size": (
         lambda a, t: edit(a, "--student_attention_heads", "3"), "--student_attention_heads 3 does not divide"),
-    "student without layers": (lambda a, t: edit(a, "--student_num_layers", "0"), "--student_num_layers must be"),
+    "student without layers": (lambda a, t: edit(a, "--student_num_layers", "0"), "the student's number of layers "
+        "--student_num_layers 0 is not valid: give a positive whole number"),
     "missing teacher directory": (
         lambda a, t: edit(a, "--input_model_dir", str(t / "nowhere")), "nowhere does not exist"),
     "teacher directory without a config": (teacher_without_config, "has no config.json"),
@@ -154,7 +157,8 @@ BAD_INPUTS = {
         "tok has no tokenizer (none of tokenizer.json"),
     "evaluation without held-out text": (
         lambda a, t: with_training_options(a, "--eval_strategy", "steps", "--eval_steps", "2"),
-        "--eval_strategy steps needs held-out text: pass data_params --val_config"),
+        "the evaluation schedule --eval_strategy steps needs held-out text: give --val_config (or drop "
+            "--eval_strategy)"),
     "missing train config": (lambda a, t: edit(a, "--train_config", str(t / "none.json")), "none.json does not exist"),
     "train config that is a folder": (lambda a, t: edit(a, "--train_config", str(t)), "is a folder"),
     "unreadable (binary) train config": (
@@ -182,26 +186,30 @@ BAD_INPUTS = {
     "no relation heads (v2)": (
         lambda a, t: edit(a, "--num_relation_heads", None), "--num_relation_heads is required: the number of relation"),
     "sequence longer than the teacher's positions": (
-        lambda a, t: edit(a, "--max_seq_len", "4096"), "--max_seq_len 4096 must be in 3..128"),
-    "no --max_steps for a stream": (lambda a, t: edit(a, "--max_steps", None), "--max_steps must be a positive"),
+        lambda a, t: edit(a, "--max_seq_len", "4096"), "the sequence length --max_seq_len 4096 is out of range: use "
+            "3..128"),
+    "no --max_steps for a stream": (lambda a, t: edit(a, "--max_steps", None), "the number of optimizer steps "
+        "--max_steps -1 is not valid: give a positive number"),
     "training option with a bad value": (
         lambda a, t: edit(a, "--max_steps", "many"),
-        "error: argument --max_steps/--max-steps: invalid int value: 'many'"),
+        "error: the number of optimizer steps --max_steps many is not valid: give a whole number"),
     "unknown training option": (unknown_training_option, "unknown argument(s) --learning_rat 1; see --help"),
     "misspelt model option": (lambda a, t: a + ["--student_layers", "2"], "unknown argument(s) --student_layers 2"),
     "missing corpus (no data_params)": (
-        lambda a, t: a[a.index("training_params"):], "the following arguments are required: --train_config"),
+        lambda a, t: a[a.index("training_params"):], "required but not given: --train_config"),
     "resume from a checkpoint that does not exist": (
         lambda a, t: a + ["--checkpoint_dir", str(t / "no-checkpoint")], "no-checkpoint does not exist"),
     "output directory holding a finished run": (
         finished_run_in_output_dir, "already holds a finished run; pass --overwrite_output_dir"),
     "output directory holding another run's checkpoints": (
-        checkpoints_in_output_dir, "holds checkpoints of an earlier run; pass --resume_from_checkpoint latest"),
+        checkpoints_in_output_dir, "holds checkpoints of an earlier run; resume it with --resume_from_checkpoint "
+            "latest or start afresh with --overwrite_output_dir"),
     # Each of these is caught before a model loads (after the models load it would be a traceback).
     "truncated teacher weights": (
-        truncated_teacher_weights, "teacher_copy: model.safetensors is truncated or padded"),
+        truncated_teacher_weights, "teacher_copy is damaged: model.safetensors is truncated or padded"),
     "negative learning rate": (
-        lambda a, t: edit(a, "--learning_rate", "-1"), "--learning_rate -1.0 is not valid; give a positive"),
+        lambda a, t: edit(a, "--learning_rate", "-1"), "the learning rate --learning_rate -1.0 is not valid: give a "
+            "positive learning rate such as 6e-4"),
     "JSON lines without the named column": (
         lambda a, t: corpus_of(a, t, "c.jsonl", '{"body": "Some text."}\n', "json"),
         "has no column(s) ['text']; its records have ['body'] (set \"columns\""),
@@ -214,13 +222,13 @@ BAD_INPUTS = {
     "tokenizer larger than the teacher's embeddings": (
         teacher_with_a_smaller_vocabulary, "has 1500 tokens but the teacher's embeddings have 1000"),
     "tracker that is not installed": (
-        lambda a, t: edit(a, "--report_to", "wandb"), "--report_to wandb: wandb is not installed; install it, or"),
+        lambda a, t: edit(a, "--report_to", "wandb"), "the tracker --report_to wandb is not installed; install it, or"),
     "unknown tracker": (lambda a, t: edit(a, "--report_to", "tensorbord"), "--report_to tensorbord is not a tracker"),
     "every relation weight 0": (
         lambda a, t: a + ["--minilm_relations", "{(1, 1): 0, (3, 3): 0}"], "gives every relation weight 0"),
     "best model without held-out text": (
         lambda a, t: with_training_options(a, "--load_best_model_at_end", "true", "--eval_strategy", "steps"),
-        "--load_best_model_at_end needs held-out text"),
+        "--load_best_model_at_end True needs held-out text to rank checkpoints: give --val_config"),
     "corpus of zero-width spaces": (
         lambda a, t: corpus_of(a, t, "z.txt", "\u200b \u200b\n" * 20, "text"), "the corpus yields no tokens"),
     "corpus of control bytes": (
@@ -555,7 +563,7 @@ def test_roberta_teachers_reserve_the_padding_offset_of_their_positions():
     argv = distill_argv(Path("teacher"), Path("train.json"), Path("out"))
     model_args = parse_args(argv)[1]
     check_shapes(model_args, teacher, 512)
-    with pytest.raises(UsageError, match=r"--max_seq_len 513 must be in 3\.\.512"):
+    with pytest.raises(UsageError, match=r"the sequence length --max_seq_len 513 is out of range: use 3\.\.512"):
         check_shapes(model_args, teacher, 513)
 
 
@@ -629,11 +637,13 @@ def resume_argv(argv: list[str], out: Path) -> list[str]:
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (("--student_hidden_size", "64"), "holds a different student than this run asks for: --student_hidden_size 64 "
+        (("--student_hidden_size", "64"), "holds a different student than this run asks for: the student hidden size "
+            "--student_hidden_size 64 "
                                           "(it has 32); resume with the checkpoint's shape"),
-        (("--max_seq_len", "16"), "does not fit this run: --max_seq_len 16 differs from the checkpoint's --max_seq_len "
+        (("--max_seq_len", "16"), "does not fit this run: the sequence length --max_seq_len 16 differs from the "
+            "checkpoint's "
                                   "32; resume with the checkpoint's corpus config and values, or pass --ignore_data"),
-        (("--shuffle_buffer", "4"), "--shuffle_buffer 4 differs from the checkpoint's --shuffle_buffer 16"),
+        (("--shuffle_buffer", "4"), "the shuffle buffer --shuffle_buffer 4 differs from the checkpoint's 16"),
     ],
 )  # fmt: skip
 def test_resume_with_another_student_shape_or_stream_is_refused_in_one_line(uninterrupted, tmp_path, capsys,
@@ -670,8 +680,8 @@ def test_latest_skips_a_corrupt_newest_checkpoint_and_intervals_given_now_win(un
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("LR", "-1", "LR=-1.0 is not valid; give a positive learning rate such as 6e-4"),
-        ("L", "9", "L=9 must be in 1..2: the teacher has 2 layers"),
+        ("LR", "-1", "the learning rate LR=-1.0 is not valid: give a positive learning rate such as 6e-4"),
+        ("L", "9", "the teacher layer L=9 is out of range: the teacher has 2 layers; use 1..2"),
         ("STOP_TIMEOUT", "10m", "STOP_TIMEOUT=10m must be a whole number of seconds (the workers' time to save on "
          "SIGTERM)"),
         ("NPROC", "abc", "NPROC=abc must be a whole number of processes per node, 1 or more"),
@@ -679,6 +689,15 @@ def test_latest_skips_a_corrupt_newest_checkpoint_and_intervals_given_now_win(un
         ("PRECISION", "bf17", "PRECISION=bf17 must be bf16, fp16 or none (fp32)"),
         ("NNODES", "2", "NNODES=2 needs MASTER_ADDR, the first node's address (every node the same)"),
         ("MASTER_PORT", "abc", "MASTER_PORT=abc must be a port number in 1..65535 (the same on every node)"),
+        # transformers' own words were "Got warmup_steps = -1.0, Expected value warmup_steps >= 0" and
+        # "logging strategy IntervalStrategy.STEPS requires non-zero LOGGING_STEPS": ours come first.
+        ("WARMUP_STEPS", "-1", "the warm-up WARMUP_STEPS=-1.0 is not valid: give 0 or more steps (or a fraction of "
+         "the run below 1)"),
+        ("LOGGING_STEPS", "0", "the logging interval LOGGING_STEPS=0.0 is not valid: give a positive number of steps"),
+        ("MAX_STEPS", "many", "the number of optimizer steps MAX_STEPS=many is not valid: give a whole number"),
+        # Was "pass data_params VAL_CONFIG=(or drop --eval_strategy)".
+        ("EXTRA_ARGS", "--eval_strategy steps", "the evaluation schedule --eval_strategy steps needs held-out text: "
+         "give VAL_CONFIG (or drop --eval_strategy)"),
     ],
 )  # fmt: skip
 def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path, variable, value, message):
@@ -689,6 +708,9 @@ def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path, variable, valu
         env.update(NNODES="2", MASTER_ADDR="127.0.0.1")
     elif variable == "NNODES":
         env.pop("MASTER_ADDR", None)  # one the caller's environment may hold
+    elif variable == "EXTRA_ARGS":  # refused after the shapes: give the tiny teacher's
+        env.update(L="2", STUDENT_HIDDEN_SIZE="32", STUDENT_NUM_LAYERS="1", STUDENT_ATTENTION_HEADS="2",
+                   NUM_RELATION_HEADS="4", MAX_SEQ_LEN="32")  # fmt: skip
     script = Path(__file__).resolve().parents[2] / "run.sh"
     result = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

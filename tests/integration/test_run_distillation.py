@@ -242,10 +242,12 @@ def test_run_sh_resumes_a_checkpoint_written_by_two_processes(setup, tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"TEACHER_DIR": "no/such/teacher"}, "TEACHER_DIR=no/such/teacher does not exist; give a folder with the "
+        ({"TEACHER_DIR": "no/such/teacher"}, "the teacher folder TEACHER_DIR=no/such/teacher does not exist; give a "
+            "folder with the "
          "teacher's config.json and weights, e.g. AutoModel.from_pretrained('bert-base-uncased')"
          ".save_pretrained('no/such/teacher')"),
-        ({"TRAIN_CONFIG": "no/such/config.json"}, "TRAIN_CONFIG=no/such/config.json does not exist; give a JSON file"),
+        ({"TRAIN_CONFIG": "no/such/config.json"}, "the corpus config TRAIN_CONFIG=no/such/config.json does not exist; "
+            "give a JSON file"),
     ],
 )  # fmt: skip
 def test_run_sh_says_what_to_do_when_the_teacher_or_corpus_is_missing(setup, tmp_path, overrides, message):

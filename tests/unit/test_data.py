@@ -381,7 +381,7 @@ def test_text_without_tokens_ends_in_one_line_instead_of_hanging(tmp_path, token
     path.write_text(content, encoding="utf-8")
     config = load_corpus_config(write_corpus_config(tmp_path / "c.json", [path]))  # bytes there: not "empty"
     message = first_tokens_problem(config, tokenizer, 0, 1)
-    assert message.startswith("--train_config: the corpus yields no tokens: its text is empty or only characters")
+    assert message.startswith("the corpus yields no tokens: its text is empty or only characters")
     for infinite in (True, False):
         with pytest.raises(UsageError, match="the corpus yields no tokens") as caught:
             next(iter(TokenStream(config, tokenizer, 32, infinite=infinite)))
@@ -400,7 +400,7 @@ def test_a_rank_whose_share_yields_nothing_fails_in_one_line(tmp_path, tokenizer
     assert first_tokens_problem(config, tokenizer, 0, 2) is None
     message = first_tokens_problem(config, tokenizer, 1, 2)
     assert message == (
-        "--train_config: rank 1's share of the corpus (1 part(s) of 2) yields no tokens: its text is empty or only "
+        "rank 1's share of the corpus (1 part(s) of 2) yields no tokens: its text is empty or only "
         "characters the tokenizer drops (zero-width spaces, control characters); clean the corpus or give it "
         "more text, or run fewer processes"
     )

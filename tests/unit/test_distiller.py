@@ -259,10 +259,10 @@ def test_v1_preset():
     [
         ({"A_r": 5}, "A_r .* = 5 does not divide the teacher hidden size 48"),
         ({"A_r": 16}, "A_r .* = 16 does not divide the student hidden size 24"),
-        ({"A_r": 0}, "A_r .* must be a positive integer, got 0"),
-        ({"L": 0}, r"L \(teacher layer\) = 0 must be in 1..3: the teacher has 3 layers"),
-        ({"L": 4}, r"L \(teacher layer\) = 4 must be in 1..3: the teacher has 3 layers"),
-        ({"M": 3}, r"M \(student layer\) = 3 must be in 1..2: the student has 2 layers"),
+        ({"A_r": 0}, r"A_r \(relation heads\) = 0 is not valid: give a positive whole number"),
+        ({"L": 0}, r"L \(teacher layer\) = 0 is out of range: the teacher has 3 layers; use 1..3"),
+        ({"L": 4}, r"L \(teacher layer\) = 4 is out of range: the teacher has 3 layers; use 1..3"),
+        ({"M": 3}, r"M \(student layer\) = 3 is out of range: the student has 2 layers; use 1..2"),
         ({"relations": {(1, 4): 1.0}}, r"relation pair \(1, 4\) is invalid"),
         ({"relations": {(0, 1): 1.0}}, r"relation pair \(0, 1\) is invalid"),
         ({"relations": {}}, "relations is empty"),
@@ -283,7 +283,7 @@ def test_student_construction():
     assert config.intermediate_size == 1536 and config.vocab_size == 30522
     assert sum(p.numel() for p in student.parameters()) == 22_713_216  # the released 6x384 MiniLM size
     assert student_config_from_teacher(teacher_config, 384, 6, 12, intermediate_size=1000).intermediate_size == 1000
-    with pytest.raises(ValueError, match=r"student attention heads \(5\) must divide the student hidden size"):
+    with pytest.raises(ValueError, match=r"student attention heads = 5 does not divide student hidden size = "):
         student_config_from_teacher(teacher_config, 384, 6, 5)
     electra = student_config_from_teacher(ElectraConfig(embedding_size=128), 256, 4, 4)
     assert electra.embedding_size == 256

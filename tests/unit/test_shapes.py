@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import (
@@ -17,13 +19,8 @@ from transformers import (
 
 from minilmv2.architectures import encoder_layers, layout_for, qkv_projection
 from minilmv2.relations import DEFAULT_RELATIONS, QUERY, V1_RELATIONS, relations_literal
-from minilmv2.shapes import (
-    LIBRARY_NAMES,
-    StudentShape,
-    check_distillation_shapes,
-    qkv_width_from_config,
-)
-from minilmv2.startup_checks import shape_flag_names
+from minilmv2.shapes import StudentShape, check_distillation_shapes, library_name, qkv_width_from_config
+from minilmv2.startup_checks import shape_option_name
 from minilmv2.student import student_config_from_teacher
 
 SHAPE = dict(vocab_size=50, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
@@ -39,7 +36,6 @@ CONFIGS = {
     # A head size of its own: Q/K/V are 4 x 16 = 64 wide, not the hidden size 48.
     "deberta-v2 head size 16": lambda: DebertaV2Config(**SHAPE, type_vocab_size=0, attention_head_size=16),
 }  # fmt: skip
-FLAGS = shape_flag_names()  # the names run_distillation's start-up check uses
 
 
 def qkv_width(model, layer: int) -> int:
@@ -72,24 +68,26 @@ def test_defaults_and_config_or_shape_alike():
 
 CASES = [
     # (arguments, the library's words, the command line's words)
-    ({"L": 0}, "L (teacher layer) = 0 must be in 1..3: the teacher has 3 layers",
-     "--L 0 must be in 1..3: the teacher has 3 layers"),
-    ({"L": 4}, "L (teacher layer) = 4 must be in 1..3: the teacher has 3 layers",
-     "--L 4 must be in 1..3: the teacher has 3 layers"),
-    ({"M": 3}, "M (student layer) = 3 must be in 1..2: the student has 2 layers", None),
-    ({"A_r": 0}, "A_r (relation heads) must be a positive integer, got 0",
-     "--num_relation_heads must be a positive integer, got 0"),
+    ({"L": 0}, "L (teacher layer) = 0 is out of range: the teacher has 3 layers; use 1..3",
+     "the teacher layer --L 0 is out of range: the teacher has 3 layers; use 1..3"),
+    ({"L": 4}, "L (teacher layer) = 4 is out of range: the teacher has 3 layers; use 1..3",
+     "the teacher layer --L 4 is out of range: the teacher has 3 layers; use 1..3"),
+    ({"M": 3}, "M (student layer) = 3 is out of range: the student has 2 layers; use 1..2", None),
+    ({"A_r": 0}, "A_r (relation heads) = 0 is not valid: give a positive whole number",
+     "the number of relation heads A_r --num_relation_heads 0 is not valid: give a positive whole number"),
     ({"A_r": 5}, "A_r (relation heads) = 5 does not divide the teacher hidden size 48; values dividing both hidden "
-     "sizes: [1, 2, 3, 4, 6, 8, 12, 24]", "--num_relation_heads 5 does not divide the teacher hidden size 48"),
+     "sizes: [1, 2, 3, 4, 6, 8, 12, 24]",
+     "the number of relation heads A_r --num_relation_heads 5 does not divide the teacher hidden size 48"),
     ({"A_r": 16}, "A_r (relation heads) = 16 does not divide the student hidden size 24",
      "--num_relation_heads 16 does not divide the student hidden size 24"),
     ({"A_r": None}, "A_r (relation heads) is required", "--num_relation_heads is required"),
-    ({"student": StudentShape(24, 0, 2)}, "student layers must be a positive integer, got 0",
-     "--student_num_layers must be a positive integer, got 0"),
+    ({"student": StudentShape(24, 0, 2)}, "student layers = 0 is not valid: give a positive whole number",
+     "the student's number of layers --student_num_layers 0 is not valid: give a positive whole number"),
     ({"student": StudentShape(24, 2, 5)}, "student attention heads = 5 does not divide student hidden size = 24",
-     "--student_attention_heads 5 does not divide --student_hidden_size 24; valid: [1, 2, 3, 4, 6, 8, 12, 24]"),
-    ({"student": StudentShape(24, 2, 2, 0)}, "student intermediate size must be a positive integer, got 0",
-     "--student_intermediate_size must be a positive integer, got 0"),
+     "the student's attention heads --student_attention_heads 5 does not divide the student hidden size "
+     "--student_hidden_size 24; valid: [1, 2, 3, 4, 6, 8, 12, 24]"),
+    ({"student": StudentShape(24, 2, 2, 0)}, "student intermediate size = 0 is not valid: give a positive whole number",
+     "the student FFN size --student_intermediate_size 0 is not valid"),
     ({"relations": {(1, 4): 1.0}}, "relation pair (1, 4) is invalid", "relation pair (1, 4) is invalid"),
     ({"minilm_v1": True}, "MiniLM v1 needs equal attention head counts, got teacher 4 and student 2",
      "--minilm_v1 needs equal attention head counts, got teacher 4 and student 2 (--student_attention_heads)"),
@@ -99,18 +97,42 @@ CASES = [
 ]  # fmt: skip
 
 
-WORDED = [(arguments, LIBRARY_NAMES, library_words) for arguments, library_words, _ in CASES] + [
-    (arguments, FLAGS, flag_words) for arguments, _, flag_words in CASES if flag_words is not None
+WORDED = [(arguments, library_name, library_words) for arguments, library_words, _ in CASES] + [
+    (arguments, shape_option_name, flag_words) for arguments, _, flag_words in CASES if flag_words is not None
 ]
 
 
-@pytest.mark.parametrize("arguments, names, words", WORDED)
-def test_bad_shapes_are_refused_in_the_callers_words(arguments, names, words):
+@pytest.mark.parametrize("arguments, name, words", WORDED)
+def test_bad_shapes_are_refused_in_the_callers_words(arguments, name, words):
     arguments = {"student": StudentShape(24, 2, 2), "A_r": 4, **arguments}
     with pytest.raises(ValueError) as caught:
-        check_distillation_shapes(CONFIGS["bert"](), names=names, **arguments)
+        check_distillation_shapes(CONFIGS["bert"](), name=name, **arguments)
     message = str(caught.value)
     assert words in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        ({"L": 9}, "the teacher layer L=9 is out of range: the teacher has 3 layers; use 1..3"),
+        ({"student": StudentShape(24, 2, 5)}, "the student's attention heads STUDENT_ATTENTION_HEADS=5 does not divide "
+         "the student hidden size STUDENT_HIDDEN_SIZE=24"),
+        ({"A_r": None}, "NUM_RELATION_HEADS is required"),
+    ],
+)  # fmt: skip
+def test_through_run_sh_the_check_names_run_sh_variables(monkeypatch, arguments, words):
+    monkeypatch.setenv("MINILMV2_VIA_RUN_SH", "1")
+    arguments = {"student": StudentShape(24, 2, 2), "A_r": 4, **arguments}
+    with pytest.raises(ValueError, match=re.escape(words)):
+        check_distillation_shapes(CONFIGS["bert"](), name=shape_option_name, **arguments)
+
+
+def test_student_config_states_the_same_rules():
+    teacher = CONFIGS["bert"]()
+    with pytest.raises(ValueError, match=re.escape("student attention heads = 5 does not divide student hidden")):
+        student_config_from_teacher(teacher, 24, 2, 5)
+    with pytest.raises(ValueError, match=re.escape("student layers = 0 is not valid")):
+        student_config_from_teacher(teacher, 24, 0, 2)
 
 
 def test_minilm_v1_uses_one_relation_head_per_attention_head():
