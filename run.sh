@@ -20,7 +20,8 @@
 #   BATCH_SIZE 256 (per device)  GRAD_ACCUM 1  LR 6e-4  ADAM_EPS 1e-6  ADAM_BETA1 0.9  ADAM_BETA2 0.999
 #   WEIGHT_DECAY 0.01  MAX_STEPS 400000  WARMUP_STEPS 4000  SAVE_STEPS 50000  LOGGING_STEPS 1000
 #   EVAL_STEPS $LOGGING_STEPS  MAX_SEQ_LEN 512  SEED 42  PRECISION (bf16 on GPUs that have it, else none)
-#   REPORT_TO tensorboard  RESUME (a checkpoint path, or "latest")  EXTRA_ARGS (more TrainingArguments)
+#   REPORT_TO tensorboard  RESUME (a checkpoint path, or "latest")
+#   EXTRA_ARGS    more options (TrainingArguments, --no_packing true, ...); not those a variable above sets
 #   NPROC  processes on this node (default: all local GPUs, 1 without a GPU)
 #   STOP_TIMEOUT  seconds the workers get to write their checkpoint after SIGTERM/SIGINT      600
 #   NNODES / MASTER_ADDR / MASTER_PORT / RDZV_ID  several nodes: run this script once per node with the
@@ -99,7 +100,8 @@ ARGS=("${DATA_ARGS[@]}" "${TRAINING_ARGS[@]}" "${MODEL_ARGS[@]}")
 # values too (MINILMV2_LAUNCH_*: the pre-check also checks a resumed checkpoint against the launch's size).
 MINILMV2_LAUNCH_NPROC=$NPROC MINILMV2_LAUNCH_NNODES=${NNODES:-1} MINILMV2_LAUNCH_STOP_TIMEOUT=$STOP_TIMEOUT \
     MINILMV2_LAUNCH_PRECISION=$PRECISION MINILMV2_LAUNCH_MASTER_ADDR=${MASTER_ADDR:-} \
-    MINILMV2_LAUNCH_MASTER_PORT=${MASTER_PORT:-29500} "$PYTHON" -m minilmv2.run_distillation "${ARGS[@]}" --validate_only
+    MINILMV2_LAUNCH_MASTER_PORT=${MASTER_PORT:-29500} MINILMV2_LAUNCH_EXTRA_ARGS=$EXTRA_ARGS \
+    "$PYTHON" -m minilmv2.run_distillation "${ARGS[@]}" --validate_only
 
 if [ "${NNODES:-1}" -gt 1 ]; then
     LAUNCH=(--nnodes "$NNODES" --rdzv-id "${RDZV_ID:-minilmv2}" --rdzv-backend c10d

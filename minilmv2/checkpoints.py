@@ -19,12 +19,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from minilmv2.errors import UsageError, option
+from minilmv2.errors import UsageError, one_line, option, refuse
+from minilmv2.model_files import has_weights
 
 STUDENT_DIR = "student"
 DATA_STATE_DIR = "data_state"
 COMPLETE_MARKER = "checkpoint_complete.json"
 CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+# The torch.save files the Trainer's resume loads: always the optimizer and the scheduler; the gradient scaler
+# (fp16) and the RNG (rng_state.pth, or rng_state_<rank>.pth with several processes) when the checkpoint has them.
+REQUIRED_TORCH_FILES = ("optimizer.pt", "scheduler.pt")
+OPTIONAL_TORCH_FILES = ("scaler.pt", "rng_state*.pth")
 
 
 class CorruptCheckpointError(UsageError):
@@ -170,10 +176,12 @@ def validate_checkpoint(
     Damage (incomplete, truncated, bytes changed) raises `CorruptCheckpointError`, a checkpoint that does not
     fit this run (world size, corpus, stream values) a plain `UsageError`.
 
-    The student's weights must match the sha256 recorded when they were saved (`verify_student`). With
-    `restore_data`, every rank's saved stream position must exist and, given the run's `train_config` (a
-    `CorpusConfig`) and `stream_options` (`TokenStream.options()`), belong to the same corpus split the same way
-    and to a stream that yields the same sequences.
+    Every file the Trainer's resume loads is checked before it does: trainer_state.json (a TrainerState), the
+    optimizer, scheduler, and any gradient scaler and RNG states (torch zip files: every member's CRC), the
+    student's safetensors header. The student's weights must match the sha256 recorded when they were saved
+    (`verify_student`). With `restore_data`, every rank's saved stream position must exist and, given the run's
+    `train_config` (a `CorpusConfig`) and `stream_options` (`TokenStream.options()`), belong to the same corpus
+    split the same way and to a stream that yields the same sequences.
     """
     from minilmv2.corpus import rank_units, stream_state_mismatch, unit_records
 
@@ -185,19 +193,23 @@ def validate_checkpoint(
         raise CorruptCheckpointError(
             f"checkpoint {checkpoint} is incomplete (no {COMPLETE_MARKER}: the run stopped while saving it); {advice}"
         )
-    for name in ("trainer_state.json", COMPLETE_MARKER):
-        try:
-            json.loads((checkpoint / name).read_text())
-        except (OSError, ValueError) as err:
-            raise CorruptCheckpointError(
-                f"checkpoint {checkpoint} is corrupt: {name} cannot be read ({err}); {advice}"
-            ) from None
-    for name in (f"{STUDENT_DIR}/config.json", f"{STUDENT_DIR}/model.safetensors", "optimizer.pt", "scheduler.pt"):
+    try:
+        json.loads((checkpoint / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpointError(
+            f"checkpoint {checkpoint} is corrupt: {COMPLETE_MARKER} cannot be read ({err}); {advice}"
+        ) from None
+    problem = trainer_state_problem(checkpoint / TRAINER_STATE)
+    if problem:
+        raise CorruptCheckpointError(f"checkpoint {checkpoint} is corrupt: {problem}; {advice}")
+    required = (f"{STUDENT_DIR}/config.json", f"{STUDENT_DIR}/model.safetensors", *REQUIRED_TORCH_FILES)
+    for name in required:
         if not (checkpoint / name).is_file():
             raise CorruptCheckpointError(f"checkpoint {checkpoint} is incomplete: {name} is missing; {advice}")
     problem = safetensors_problem(checkpoint / STUDENT_DIR / "model.safetensors")
-    for name in ("optimizer.pt", "scheduler.pt"):
-        problem = problem or torch_file_problem(checkpoint / name)
+    optional = sorted(path for pattern in OPTIONAL_TORCH_FILES for path in checkpoint.glob(pattern))
+    for path in [*(checkpoint / name for name in REQUIRED_TORCH_FILES), *optional]:
+        problem = problem or torch_file_problem(path)
     if not problem and verify_student:
         problem = student_fingerprint_problem(checkpoint)
     if problem:
@@ -255,3 +267,76 @@ def torch_file_problem(path: Path) -> str | None:
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         return f"{path.name} is truncated or not a torch file ({err.__class__.__name__})"
     return f"{path.name} is damaged (bad CRC in {bad})" if bad else None
+
+
+def trainer_state_problem(path: Path) -> str | None:
+    """Why `path` (a checkpoint's trainer_state.json) is not the TrainerState the Trainer's resume loads, or None."""
+    from transformers import TrainerState
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return f"{path.name} cannot be read ({err})"
+    try:
+        state = TrainerState(**data)
+    except TypeError as err:  # not an object, or keys a TrainerState does not have
+        return f"{path.name} does not hold a trainer state ({one_line(err)})"
+    if not (type(state.global_step) is int and state.global_step >= 0 and type(state.train_batch_size) is int):
+        return f"{path.name} does not hold a trainer state (no whole global_step or train_batch_size)"
+    if not isinstance(state.log_history, list):
+        return f"{path.name} does not hold a trainer state (its log_history is not a list)"
+    return None
+
+
+def checkpoint_global_step(checkpoint: str | os.PathLike) -> int:
+    """The optimizer step a (validated) checkpoint was saved at, from its trainer_state.json."""
+    return int(json.loads((Path(checkpoint) / TRAINER_STATE).read_text())["global_step"])
+
+
+def check_steps_left(checkpoint: Path, max_steps: int) -> None:
+    """A resume must not end before the checkpoint's step (the Trainer would run one more step at learning rate 0
+    and write a checkpoint past --max_steps); ending at it trains nothing (run_distillation exports the student)."""
+    step = checkpoint_global_step(checkpoint)
+    if max_steps < step:
+        problem = f"is below the step of checkpoint {checkpoint} ({step}); give {step} or more, or start afresh"
+        raise refuse("max_steps", max_steps, problem)
+
+
+def not_a_checkpoint_problem(folder: Path, output_dir: Path) -> str | None:
+    """Why `folder`, given as the checkpoint to resume, is no checkpoint at all (a run's output folder, a saved
+    model, anything else), with where to resume instead; None when it is one, even a damaged one (or is missing:
+    `validate_checkpoint` says that). `output_dir` is this run's: `latest` resumes from its checkpoints."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return f"is a file, not a checkpoint folder; {resume_advice(folder.parent, output_dir)}"
+    own_files = (COMPLETE_MARKER, *REQUIRED_TORCH_FILES, *OPTIONAL_TORCH_FILES, DATA_STATE_DIR)
+    if checkpoint_step(folder) >= 0 or any(any(folder.glob(pattern)) for pattern in own_files):
+        return None  # a checkpoint, maybe one whose save never finished: validate_checkpoint names what is wrong
+    subfolders = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and checkpoint_step(p) >= 0]
+    if subfolders or finished_run(folder):
+        if not subfolders:
+            return "is a run's output folder, not a checkpoint, and holds no checkpoint-N folder to resume from"
+        if not complete_checkpoints(folder):
+            return "is a run's output folder, not a checkpoint, and none of its checkpoint-N folders is complete"
+        where = resume_advice(folder, output_dir, "one of its checkpoint-N folders")
+        return f"is a run's output folder, not a checkpoint; {where}"
+    if (folder / "config.json").is_file() and has_weights(folder):
+        parent = folder.parent
+        if (parent / COMPLETE_MARKER).is_file():  # a checkpoint's own student/
+            where = f"give the checkpoint that holds it, {parent}"
+        else:
+            where = resume_advice(parent, output_dir, "one of its run's checkpoint-N folders")
+        return f"is a saved model, not a checkpoint (no trainer state, optimizer or stream position to resume); {where}"
+    names = f"{TRAINER_STATE}, {COMPLETE_MARKER} or optimizer.pt"
+    return f"is not a checkpoint folder (no {names}); {resume_advice(output_dir, output_dir)}"
+
+
+def resume_advice(run_dir: Path, output_dir: Path, which: str = "a checkpoint-N folder") -> str:
+    """Where to resume: `which` (a checkpoint-N folder), naming the newest complete one of the run in `run_dir`, and
+    `latest` where that run is this one (its checkpoints are the ones `latest` looks at)."""
+    newest = last_complete_checkpoint(run_dir) if run_dir.is_dir() else None
+    if newest is None:
+        return "give a checkpoint-N folder"
+    latest = " or latest" if run_dir.resolve() == output_dir.resolve() else ""
+    return f"give {which} (newest: {newest}){latest}"

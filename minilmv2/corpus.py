@@ -1,7 +1,7 @@
 """Corpus config -> what each rank reads: sources, formats, sharding by rank, readers with resumable positions.
 
 A corpus config is the reference's JSON, `{"urls": [...], "format": "text", "columns": "text"}`:
-local paths, globs, compressed files (.gz, .bz2, .xz, and .zst/.zip through `datasets`) or http(s) URLs in the
+local paths, globs, compressed files (.gz, .bz2, .xz, .zst; .zip through `datasets`) or http(s) URLs in the
 formats text, json/jsonl, csv or parquet (`FORMATS`: one entry each); several columns are joined by a newline.
 With network access, `{"hub": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "columns": "text"}`
 streams a hub dataset instead. Relative paths are read relative to the config file, so a config can travel with
@@ -27,18 +27,21 @@ read again and skipped without tokenising. A stream cannot seek inside a compres
 
 from __future__ import annotations
 
-import bz2
 import csv
 import glob
-import gzip
 import importlib.util
 import json
-import lzma
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from minilmv2.corpus_files import (
+    COMPRESSED_SUFFIXES,
+    changed_file,
+    missing_decompressor,
+    open_local,
+)
 from minilmv2.errors import UsageError, given, option
 
 FORMAT_ALIASES = {"txt": "text", "jsonl": "json"}
@@ -59,6 +62,8 @@ class CorpusConfig:
     hub: str | None = None  # a hub dataset name instead of `sources`
     hub_name: str | None = None
     hub_split: str = "train"
+    # What the config's reader should hear once (a file listed twice), said by the start-up check.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
 
 def is_remote(source: str) -> bool:
@@ -116,13 +121,32 @@ def load_corpus_config(path: str | os.PathLike, label: str | None = None) -> Cor
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
         raise UsageError(f'{label}: "urls" must be a non-empty list of paths or URLs, got {urls!r}')
     _refuse_remote_when_offline([u for u in urls if is_remote(u)], label)
-    sources = []
-    for url in urls:
-        sources.extend(_expand_source(url, path.parent, label))
+    sources, notes = _unique_sources([s for url in urls for s in _expand_source(url, path.parent, label)])
     if fmt == "text" and columns != ["text"]:
         raise UsageError(f'{label}: the text format has one column, "text"; got columns {columns!r}')
+    for source in sources:
+        problem = None if is_remote(source) else missing_decompressor(source)
+        if problem:
+            raise UsageError(f"{label}: {problem}")
     _refuse_empty_corpus(sources, label)
-    return CorpusConfig(tuple(sources), fmt, tuple(columns))
+    return CorpusConfig(tuple(sources), fmt, tuple(columns), notes=notes)
+
+
+def _unique_sources(sources: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """Each file once (the same file after globbing and resolving paths is read once), and a note if any repeat."""
+    first: dict[str, str] = {}  # resolved path: the source as first listed
+    times: dict[str, int] = {}
+    for source in sources:
+        key = source if is_remote(source) else os.path.realpath(source)
+        first.setdefault(key, source)
+        times[key] = times.get(key, 0) + 1
+    repeated = [f"{first[key]} ({count} times)" for key, count in times.items() if count > 1]
+    if not repeated:
+        return list(first.values()), ()
+    names = ", ".join(repeated[:3]) + (f" and {len(repeated) - 3} more" if len(repeated) > 3 else "")
+    return list(first.values()), (
+        f"note: the corpus config lists {names} (after globs and path resolution); each file is read once per pass",
+    )
 
 
 def missing_reader_problem(config: CorpusConfig) -> str | None:
@@ -181,25 +205,6 @@ def _refuse_empty_corpus(sources: list[str], label: str) -> None:
         except OSError as err:
             raise UsageError(f"{label}: corpus file {source} cannot be read ({err})") from None
     raise UsageError(f"{label}: the corpus is empty (its {len(local)} file(s) hold no text)")
-
-
-# ---- compression: one place for every format ----
-
-# What Python decompresses itself; .zst and .zip files are read (row by row) through `datasets`.
-DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-COMPRESSED_SUFFIXES = (*DECOMPRESSORS, ".zst", ".zip")
-
-
-def open_local(source: str, text: bool):
-    """A handle on a local source, decompressed where Python can (.gz/.bz2/.xz): text (UTF-8, bad bytes replaced,
-    newlines kept) or bytes; None for a compression only `datasets` reads."""
-    opener = next((o for suffix, o in DECOMPRESSORS.items() if source.endswith(suffix)), None)
-    if opener is None and source.endswith(COMPRESSED_SUFFIXES):
-        return None
-    opener = opener or open
-    if text:
-        return opener(source, "rt", encoding="utf-8", errors="replace", newline="")
-    return opener(source, "rb")
 
 
 # ---- formats: one entry each ----
@@ -383,11 +388,17 @@ def stream_state_mismatch(state: dict, units: list[list], world_size: int, optio
     if saved_units != units:
         saved_sources = [unit[0] for unit in saved_units or []]
         sources = [unit[0] for unit in units]
-        if saved_sources != sources:
-            gone = [s for s in saved_sources if s not in sources] or saved_sources
-            new = [s for s in sources if s not in saved_sources] or sources
-            return f"the corpus differs (saved for {gone[:2]}, this run reads {new[:2]})"
-        return "the corpus differs (same files, but split among the ranks differently)"
+        if saved_sources == sources:
+            return "the corpus differs (same files, but split among the ranks differently)"
+        dropped = [s for s in saved_sources if s not in sources]
+        added = [s for s in sources if s not in saved_sources]
+        parts = [f"the checkpoint read {_some(dropped)}, which this run does not"] if dropped else []
+        parts += [f"this run adds {_some(added)}"] if added else []
+        return f"the corpus differs ({'; '.join(parts) or 'the same files in another order'})"
+    for source, saved in (state.get("files") or {}).items():  # positions saved before files were fingerprinted: {}
+        problem = changed_file(saved, source)
+        if problem:
+            return problem
     saved_options = state.get("options")
     if options is None or not isinstance(saved_options, dict):
         return None
@@ -403,6 +414,10 @@ def stream_state_mismatch(state: dict, units: list[list], world_size: int, optio
             return f"the tokenizer differs (saved with a vocabulary of {saved}, this run's has {value})"
         return f"{given(key, value)} differs from the checkpoint's {saved}"
     return None
+
+
+def _some(sources: list[str]) -> str:
+    return ", ".join(sources[:2]) + (f" and {len(sources) - 2} more" if len(sources) > 2 else "")
 
 
 def byte_range(size: int, piece: int, pieces: int) -> tuple[int, int]:

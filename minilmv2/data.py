@@ -30,6 +30,7 @@ from minilmv2.corpus import (
     stream_state_mismatch,
     unit_records,
 )
+from minilmv2.corpus_files import fingerprint
 from minilmv2.errors import UsageError
 
 # The shortest sequence: [CLS] one token [SEP].
@@ -197,12 +198,23 @@ class TokenStream(torch.utils.data.IterableDataset):
             "world_size": self.world_size,
             "units": unit_records(self.units),
             "options": self.options(),
+            # Checked on resume: the same path may hold another file by then (a corpus regenerated in place).
+            "files": {unit.source: fingerprint(unit.source) for unit in self.units if self._is_local(unit)},
         }
+
+    def _is_local(self, unit) -> bool:
+        return unit.mode != "hub" and not is_remote(unit.source)
 
     def load_state_dict(self, state: dict) -> None:
         problem = stream_state_mismatch(state, unit_records(self.units), self.world_size, self.options())
         if problem:
             raise ValueError(f"the saved stream position does not fit this run: {problem}")
+        if "files" not in state and self.rank == 0:
+            print(
+                "note: this checkpoint predates corpus fingerprints: the corpus files cannot be checked to be the ones "
+                "it was saved with (only their paths and the stream's values are)",
+                flush=True,
+            )
         self.reset()
         self.epoch, self.unit_index = state["epoch"], state["unit_index"]
         self.unit_position = state["unit_position"]

@@ -44,7 +44,7 @@ OPTIONS = {
     "num_relation_heads": Option("the number of relation heads A_r", "NUM_RELATION_HEADS"),
     "minilm_relations": Option("the relations", "RELATIONS"),
     "minilm_v1": Option("the MiniLM v1 preset"),
-    "relation_kernel": Option("the relation-loss kernel"),
+    "relation_kernel": Option("the relation-loss kernel", "RELATION_KERNEL"),
     "per_device_train_batch_size": Option("the batch per process", "BATCH_SIZE"),
     "gradient_accumulation_steps": Option("the gradient accumulation", "GRAD_ACCUM"),
     "learning_rate": Option("the learning rate", "LR"),
@@ -68,6 +68,7 @@ OPTIONS = {
     "seed": Option("the seed", "SEED"),
     "report_to": Option("the tracker", "REPORT_TO"),
     "resume_from_checkpoint": Option("the checkpoint to resume", "RESUME"),
+    "checkpoint_dir": Option("the checkpoint to resume"),
     "ignore_data_skip": Option("restarting the data stream"),
     "overwrite_output_dir": Option("starting afresh"),
 }

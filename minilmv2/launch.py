@@ -227,3 +227,53 @@ def release_output_lock(descriptor: int | None, output_dir: str | os.PathLike) -
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- run.sh's launch values, checked by its single-process pre-check ----
+
+LAUNCH_PREFIX = "MINILMV2_LAUNCH_"  # how run.sh hands its launch values to its pre-check
+
+
+def check_launch_values() -> None:
+    """run.sh's launch values, handed to its pre-check as MINILMV2_LAUNCH_<variable>: UsageError naming the
+    variable, its value and what is valid; then MINILMV2_WORLD_SIZE = NPROC x NNODES for the checks below."""
+    values = {key[len(LAUNCH_PREFIX) :]: value for key, value in os.environ.items() if key.startswith(LAUNCH_PREFIX)}
+    if not values:
+        return
+
+    def whole(name: str, low: int, high: int | None, valid: str) -> int:
+        value = values.get(name, "")
+        if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
+            raise UsageError(f"{name}={value} must be {valid}")
+        return int(value)
+
+    nproc = whole("NPROC", 1, None, "a whole number of processes per node, 1 or more")
+    nnodes = whole("NNODES", 1, None, "a whole number of nodes, 1 or more")
+    whole("STOP_TIMEOUT", 0, None, "a whole number of seconds (the workers' time to save on SIGTERM)")
+    if values.get("PRECISION") not in ("bf16", "fp16", "none"):
+        raise UsageError(f"PRECISION={values.get('PRECISION')} must be bf16, fp16 or none (fp32)")
+    if nnodes > 1:
+        if not values.get("MASTER_ADDR"):
+            raise UsageError(f"NNODES={nnodes} needs MASTER_ADDR, the first node's address (every node the same)")
+        whole("MASTER_PORT", 1, 65535, "a port number in 1..65535 (the same on every node)")
+    check_extra_args(values.get("EXTRA_ARGS", ""))
+    os.environ["MINILMV2_WORLD_SIZE"] = str(nproc * nnodes)
+
+
+# Options run.sh sets that are not named after one variable each (the others: minilmv2.errors.OPTIONS).
+RUN_SH_ALSO_SETS = {"bf16": "PRECISION", "fp16": "PRECISION", "checkpoint_dir": "RESUME"}
+
+
+def check_extra_args(extra_args: str) -> None:
+    """run.sh's EXTRA_ARGS must not set what one of its variables sets (the later value would win unseen, and the
+    banner would name the variable's value): UsageError naming the variable to use instead."""
+    from minilmv2.errors import OPTIONS
+
+    for word in extra_args.split():
+        if not word.startswith("--"):
+            continue
+        flag = word.split("=")[0]
+        field = flag[2:].replace("-", "_")
+        variable = RUN_SH_ALSO_SETS.get(field) or getattr(OPTIONS.get(field), "variable", None)
+        if variable:
+            raise UsageError(f"EXTRA_ARGS sets {flag}, which run.sh sets from {variable}; set {variable} instead")

@@ -39,19 +39,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
+import types
 from pathlib import Path
 
 from transformers import TrainingArguments
 
 from minilmv2.errors import UsageError, exit_on_usage_error, given, one_line, option, setting
+from minilmv2.launch import check_launch_values
 from minilmv2.prefetch import DEFAULT_DEPTH as DEFAULT_PREFETCH_BATCHES
 from minilmv2.relations import DEFAULT_RELATIONS, relations_literal
 from minilmv2.startup_checks import (
     Plan,
-    check_launch_values,
     check_training_values,
     env_rank,
     env_world_size,
@@ -329,7 +331,7 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     128 + the signal that stopped training."""
     from transformers import set_seed
 
-    from minilmv2.checkpoints import STUDENT_DIR
+    from minilmv2.checkpoints import STUDENT_DIR, checkpoint_global_step
     from minilmv2.data import PadCollator
     from minilmv2.model_card import write_model_card
     from minilmv2.plots import plot_loss_curve
@@ -337,6 +339,8 @@ def train_and_export(plan: Plan, stop_signal) -> int:
 
     args, tokenizer = plan.training_args, plan.tokenizer
     output_dir = Path(args.output_dir)
+    if plan.checkpoint is not None and checkpoint_global_step(plan.checkpoint) >= args.max_steps:
+        return finish_at_checkpoint(plan)  # make_plan refused a --max_steps below the checkpoint's step
     if plan.run_options.overwrite_output_dir and plan.checkpoint is None and env_rank() == 0:
         clear_previous_run(output_dir)
     configure_training_args(args, plan.val_config is not None)
@@ -384,6 +388,47 @@ def train_and_export(plan: Plan, stop_signal) -> int:
     if trainer.is_world_process_zero():
         trainer.save_state()  # trainer_state.json beside the student: marks the run finished
         print_outputs(trainer, output_dir, curve, tokens, elapsed)
+    return 0
+
+
+def finish_at_checkpoint(plan: Plan) -> int:
+    """Resumed at --max_steps: nothing to train (the Trainer would run one more step at learning rate 0 and save a
+    checkpoint past --max_steps). A requeued job whose run already finished at that step does nothing; otherwise
+    rank 0 exports the checkpoint's student (the best one's with --load_best_model_at_end), its model card, loss
+    curve and trainer_state.json, as the end of training would have."""
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    from minilmv2.checkpoints import STUDENT_DIR, TRAINER_STATE, export_student, finished_run
+    from minilmv2.model_card import write_model_card
+    from minilmv2.plots import plot_loss_curve
+
+    args, output_dir = plan.training_args, Path(plan.training_args.output_dir)
+    state = TrainerState.load_from_json(str(plan.checkpoint / TRAINER_STATE))
+    done = f"nothing to train: {setting('max_steps', args.max_steps)} is the step of {plan.checkpoint}"
+    if env_rank() != 0:
+        return 0
+    if finished_run(output_dir):
+        try:
+            finished_step = json.loads((output_dir / TRAINER_STATE).read_text()).get("global_step")
+        except (OSError, ValueError, AttributeError):
+            finished_step = None
+        if finished_step == state.global_step:
+            print(f"{done}; the run already finished there (student: {output_dir / STUDENT_DIR})", flush=True)
+            return 0
+    source = plan.checkpoint
+    if args.load_best_model_at_end and state.best_model_checkpoint and Path(state.best_model_checkpoint).is_dir():
+        source = Path(state.best_model_checkpoint)
+    distiller = build_distiller(plan)
+    distiller.student.load_state_dict(load_file(source / STUDENT_DIR / "model.safetensors"), strict=True)
+    export_student(distiller.student, plan.tokenizer, output_dir / STUDENT_DIR)
+    curve = plot_loss_curve(state.log_history, output_dir / "loss_curve.png")
+    finished = types.SimpleNamespace(state=state, stopped_by_signal=None)
+    write_model_card(output_dir / STUDENT_DIR, summarise_run(plan, distiller, finished, tokens_seen=0), curve)
+    scratch = output_dir / f".{TRAINER_STATE}.partial"
+    state.save_to_json(str(scratch))
+    os.replace(scratch, output_dir / TRAINER_STATE)  # last: marks the run finished
+    print(f"{done}; exported its student: {output_dir / STUDENT_DIR}", flush=True)
     return 0
 
 

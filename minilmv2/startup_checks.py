@@ -74,34 +74,6 @@ def planned_world_size() -> int:
         raise UsageError(f"WORLD_SIZE/MINILMV2_WORLD_SIZE {value!r} is not a number of processes") from None
 
 
-LAUNCH_PREFIX = "MINILMV2_LAUNCH_"  # how run.sh hands its launch values to its pre-check
-
-
-def check_launch_values() -> None:
-    """run.sh's launch values, handed to its pre-check as MINILMV2_LAUNCH_<variable>: UsageError naming the
-    variable, its value and what is valid; then MINILMV2_WORLD_SIZE = NPROC x NNODES for the checks below."""
-    values = {key[len(LAUNCH_PREFIX) :]: value for key, value in os.environ.items() if key.startswith(LAUNCH_PREFIX)}
-    if not values:
-        return
-
-    def whole(name: str, low: int, high: int | None, valid: str) -> int:
-        value = values.get(name, "")
-        if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
-            raise UsageError(f"{name}={value} must be {valid}")
-        return int(value)
-
-    nproc = whole("NPROC", 1, None, "a whole number of processes per node, 1 or more")
-    nnodes = whole("NNODES", 1, None, "a whole number of nodes, 1 or more")
-    whole("STOP_TIMEOUT", 0, None, "a whole number of seconds (the workers' time to save on SIGTERM)")
-    if values.get("PRECISION") not in ("bf16", "fp16", "none"):
-        raise UsageError(f"PRECISION={values.get('PRECISION')} must be bf16, fp16 or none (fp32)")
-    if nnodes > 1:
-        if not values.get("MASTER_ADDR"):
-            raise UsageError(f"NNODES={nnodes} needs MASTER_ADDR, the first node's address (every node the same)")
-        whole("MASTER_PORT", 1, 65535, "a port number in 1..65535 (the same on every node)")
-    os.environ["MINILMV2_WORLD_SIZE"] = str(nproc * nnodes)
-
-
 def check_positive(field: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise refuse(field, value, "is not valid: give a positive whole number")
@@ -397,15 +369,18 @@ def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
         )
 
 
-def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path | None:
-    """The checkpoint to resume: the given path (checked by `check`), or for `latest` the newest one that is
-    complete and intact, each damaged one skipped and named with its reason. `check` raises
+def resolve_checkpoint(requested: str | None, output_dir: Path, check, field="resume_from_checkpoint") -> Path | None:
+    """The checkpoint to resume: the given path (a checkpoint, checked by `check`), or for `latest` the newest one that
+    is complete and intact, each damaged one skipped and named with its reason. `check` raises
     `CorruptCheckpointError` for damage and UsageError for a checkpoint that does not fit the run (refused)."""
-    from minilmv2.checkpoints import CorruptCheckpointError, complete_checkpoints
+    from minilmv2.checkpoints import CorruptCheckpointError, complete_checkpoints, not_a_checkpoint_problem
 
     if requested is None:
         return None
     if requested not in LATEST:
+        problem = not_a_checkpoint_problem(Path(requested), output_dir)
+        if problem:
+            raise refuse(field, requested, problem)
         check(Path(requested))
         return Path(requested)
     skipped = []
@@ -420,7 +395,7 @@ def resolve_checkpoint(requested: str | None, output_dir: Path, check) -> Path |
             print0(f"resuming from {checkpoint}, the newest intact checkpoint (skipped: {', '.join(skipped)})")
         return checkpoint
     detail = f" ({len(skipped)} skipped as damaged: {', '.join(skipped)})" if skipped else ""
-    raise refuse("resume_from_checkpoint", requested, f"finds no complete, intact checkpoint in {output_dir}{detail}")
+    raise refuse(field, requested, f"finds no complete, intact checkpoint in {output_dir}{detail}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -499,12 +474,14 @@ def make_plan(
     options = stream_options(data_args, training_args, tokenizer)
 
     def check(candidate: Path) -> None:
-        from minilmv2.checkpoints import validate_checkpoint
+        from minilmv2.checkpoints import check_steps_left, validate_checkpoint
 
         validate_checkpoint(candidate, planned_world_size(), restore_data, train_config, options)
         check_student_matches(candidate, model_args, teacher_config)
+        check_steps_left(candidate, training_args.max_steps)
 
-    checkpoint = resolve_checkpoint(requested, output_dir, check)
+    field = "resume_from_checkpoint" if training_args.resume_from_checkpoint else "checkpoint_dir"
+    checkpoint = resolve_checkpoint(requested, output_dir, check, field)
     restore_data = checkpoint is not None and restore_data
     check_output_dir(output_dir, checkpoint is not None, run_options.overwrite_output_dir)
 
@@ -561,11 +538,16 @@ def check_corpus(field: str, path: str, config: CorpusConfig, tokenizer) -> None
     processes). Held-out text is read whole by every rank: one share.
     """
     from minilmv2.corpus import first_record_problem, missing_reader_problem
+    from minilmv2.corpus_files import text_problem
     from minilmv2.data import first_tokens_problem
 
-    problem = first_record_problem(config) or missing_reader_problem(config)
+    problem, note = text_problem(config)  # first: bytes that are not text would be shown as "column names"
+    problem = problem or first_record_problem(config) or missing_reader_problem(config)
     if problem:
         raise refuse(field, path, f": {problem}")
+    for line in (*config.notes, note):
+        if line:
+            print0(line)
     world_size = planned_world_size()
     if field == "val_config":
         ranks, shares = [0], 1

@@ -698,6 +698,13 @@ def test_latest_skips_a_corrupt_newest_checkpoint_and_intervals_given_now_win(un
         # Was "pass data_params VAL_CONFIG=(or drop --eval_strategy)".
         ("EXTRA_ARGS", "--eval_strategy steps", "the evaluation schedule --eval_strategy steps needs held-out text: "
          "give VAL_CONFIG (or drop --eval_strategy)"),
+        # Were accepted, and won over the variable (the banner still named OUTPUT_DIR).
+        ("EXTRA_ARGS", "--output_dir elsewhere", "EXTRA_ARGS sets --output_dir, which run.sh sets from OUTPUT_DIR; set "
+         "OUTPUT_DIR instead"),
+        ("EXTRA_ARGS", "--max-seq-len=64", "EXTRA_ARGS sets --max-seq-len, which run.sh sets from MAX_SEQ_LEN; set "
+         "MAX_SEQ_LEN instead"),
+        ("EXTRA_ARGS", "--bf16 true", "EXTRA_ARGS sets --bf16, which run.sh sets from PRECISION; set PRECISION "
+         "instead"),
     ],
 )  # fmt: skip
 def test_run_sh_names_its_variables_in_a_refusal(setup, tmp_path, variable, value, message):
