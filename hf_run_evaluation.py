@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from minilmv2.arguments import parse_script_arguments  # noqa: E402
+from minilmv2.arguments import one_device_without_torchrun, parse_script_arguments  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 from minilmv2.scoring import finetune, sentence_tasks  # noqa: E402
 from minilmv2.scoring.finetune import (  # noqa: E402
@@ -58,6 +58,7 @@ from minilmv2.scoring.finetune import (  # noqa: E402
     remove_finished_results,
     run_training,
     save_results,
+    validate_only,
 )
 
 
@@ -196,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the script; returns the metrics written to all_results.json."""
     model_args, data_args, training_args = parse_arguments(argv)
     spec = check_arguments(model_args, data_args, training_args)
+    if validate_only():
+        return {}
+    one_device_without_torchrun(training_args)
 
     # Heavy imports only after the arguments passed, so a typo costs no start-up time.
     import transformers

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-from minilmv2.arguments import parse_script_arguments  # noqa: E402
+from minilmv2.arguments import one_device_without_torchrun, parse_script_arguments  # noqa: E402
 from minilmv2.errors import UsageError, exit_on_usage_error  # noqa: E402
 from minilmv2.hub import hub_offline, offline_switches  # noqa: E402
 from minilmv2.scoring.finetune import (  # noqa: E402
@@ -160,8 +160,6 @@ def check_arguments(model_args, data_args, gen_args, training_args):
     check_something_to_do(
         training_args, "--do_predict is not supported; --do_eval decodes and scores --validation_file"
     )
-    if training_args.do_train and training_args.n_gpu > 1:
-        raise UsageError(f"training runs on one device; {training_args.n_gpu} GPUs visible: set CUDA_VISIBLE_DEVICES")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("hf_run_seq2seq.py trains in one process; launch it without torchrun")
 
@@ -341,6 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the script; returns the metrics written to all_results.json."""
     model_args, data_args, gen_args, training_args = parse_arguments(argv)
     config, tokenizer, exempt_ids, local_examples = check_arguments(model_args, data_args, gen_args, training_args)
+    one_device_without_torchrun(training_args)  # several GPUs visible: one of them, as the other scripts
 
     import transformers
     from transformers import AutoModelForMaskedLM, Trainer, set_seed

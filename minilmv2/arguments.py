@@ -85,3 +85,25 @@ def parse_script_arguments(
         raise
     except (ValueError, TypeError) as err:  # TrainingArguments.__post_init__ validates its own values
         raise UsageError(one_line(err)) from None
+
+
+def one_device_without_torchrun(training_args) -> None:
+    """Plain `python` with several visible GPUs: one of them, not DataParallel; said in one line.
+
+    The Trainer would wrap the model in DataParallel and multiply the batch (and divide the steps and warm-up) by
+    the number of GPUs, silently changing the recipe. Under torchrun each process has its GPU (DDP).
+    """
+    import torch
+
+    if "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    count = torch.cuda.device_count()
+    if count > 1:
+        _ = training_args.n_gpu  # sets up the devices first (cuda:0), then keeps one of them
+        training_args._n_gpu = 1
+        print(
+            f"note: {count} GPUs are visible to this one process: it uses one (cuda:0), not DataParallel over "
+            f"{count}, so the batch is the recipe's; pick the GPU with CUDA_VISIBLE_DEVICES, or start one process "
+            "per GPU with torchrun",
+            flush=True,
+        )

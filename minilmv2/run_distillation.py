@@ -182,6 +182,8 @@ def configure_training_args(training_args, has_val: bool) -> None:
     """Settings this entry point needs, whatever the user passed."""
     import torch
 
+    from minilmv2.arguments import one_device_without_torchrun
+
     if has_val and str(training_args.eval_strategy) in ("no", "IntervalStrategy.NO"):
         training_args.eval_strategy = "steps"
         training_args.eval_steps = training_args.eval_steps or training_args.logging_steps
@@ -202,6 +204,7 @@ def configure_training_args(training_args, has_val: bool) -> None:
     training_args.ddp_broadcast_buffers = False
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator
+    one_device_without_torchrun(training_args)  # `python -m` by hand on a multi-GPU node: not DataParallel
     if training_args.dataloader_num_workers:
         print0("note: --dataloader_num_workers is ignored: the token stream runs in the main process")
         training_args.dataloader_num_workers = 0

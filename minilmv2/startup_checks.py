@@ -83,7 +83,7 @@ def load_teacher_config(model_dir: str):
     """The teacher's config, after checking the folder holds a supported encoder with weights."""
     from transformers import AutoConfig
 
-    from minilmv2.architectures import ENCODER_LAYOUTS
+    from minilmv2.encoder_layouts import ENCODER_LAYOUTS
 
     path = Path(model_dir)
     if not path.is_dir():
@@ -319,8 +319,8 @@ def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -
         )
     except ValueError as err:
         raise UsageError(one_line(err)) from None
-    from minilmv2.architectures import usable_positions
     from minilmv2.data import MIN_SEQ_LEN
+    from minilmv2.encoder_layouts import usable_positions
 
     max_positions = usable_positions(teacher_config)
     if max_seq_len < MIN_SEQ_LEN or (max_positions and max_seq_len > max_positions):

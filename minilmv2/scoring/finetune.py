@@ -47,6 +47,18 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
 
 
+# Set by run_eval.sh's sweep: check the arguments (EXTRA_ARGS included) once, then stop before any model loads.
+VALIDATE_ONLY_ENV = "MINILMV2_VALIDATE_ONLY"
+
+
+def validate_only() -> bool:
+    """After the start-up checks: whether to stop there (the sweep's check of its arguments); says so."""
+    if os.environ.get(VALIDATE_ONLY_ENV) == "1":
+        print("arguments OK", flush=True)
+        return True
+    return False
+
+
 # ---- start-up checks ---------------------------------------------------------------------------------------------
 
 

@@ -50,6 +50,8 @@ class SweepRun:
     run_dir: Path
     note: str = ""  # why a run counts as failed, when its files say more than its exit status
     second_score: float | None = None  # exact match for SQuAD tasks (x 100); None elsewhere
+    device: str = ""  # the GPU (CUDA_VISIBLE_DEVICES entry) it ran on, or "cpu"
+    batch: str = ""  # its total batch, in words ("12 x 4 accumulated = 48")
 
 
 @dataclass
@@ -116,7 +118,8 @@ def read_runs(sweep_dir: Path) -> list[SweepRun]:
             else:
                 status = "failed"  # finished but without the metric (e.g. NaN Pearson of constant outputs)
                 note = note or f"no finite eval_{main_metric(task)} in eval_results.json"
-        runs.append(SweepRun(task, lr, epochs, seed, status, score, run_dir, note, second))
+        device, batch = str(record.get("device", "")), str(record.get("batch", ""))
+        runs.append(SweepRun(task, lr, epochs, seed, status, score, run_dir, note, second, device, batch))
     return runs
 
 
@@ -236,10 +239,13 @@ def write_summary_csv(path: Path, bests: list[TaskBest]) -> None:
 def write_runs_csv(path: Path, runs: list[SweepRun]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["task", "learning_rate", "epochs", "seed", "status", "dev_score", "run_dir"])
+        writer.writerow(
+            ["task", "learning_rate", "epochs", "seed", "status", "dev_score", "device", "batch", "run_dir"]
+        )
         for run in runs:
             score = "" if run.score is None else f"{run.score:.4f}"
-            writer.writerow([run.task, run.learning_rate, run.epochs, run.seed, run.status, score, run.run_dir])
+            writer.writerow([run.task, run.learning_rate, run.epochs, run.seed, run.status, score, run.device,
+                             run.batch, run.run_dir])  # fmt: skip
 
 
 def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: str) -> str:
@@ -275,11 +281,14 @@ def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: st
             f"| {b.num_seeds} | {b.runs_ok} | {b.runs_failed} |"
         )
     lines.append(f"| **average**{average_note} | | {_fmt(average)} | | | | | |")
+    batches = sorted({f"{run.task}: {run.batch}" for run in runs if run.batch})
+    if batches:
+        lines += ["", "Total batch per run (one GPU each): " + "; ".join(batches)]
     failed = [run for run in runs if run.status != "ok"]
     if failed:
-        lines += ["", f"Failed runs ({len(failed)}); see run.log in each folder:", ""]
+        lines += ["", f"Runs that did not finish ({len(failed)}); see run.log in each folder:", ""]
         lines += [
-            f"- {run.task} lr {run.learning_rate} epochs {run.epochs} seed {run.seed}: {run.run_dir}"
+            f"- {run.task} lr {run.learning_rate} epochs {run.epochs} seed {run.seed}: {run.status}, {run.run_dir}"
             + (f" ({run.note})" if run.note else "")
             for run in failed
         ]
