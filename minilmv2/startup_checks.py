@@ -465,10 +465,12 @@ def make_plan(
     output_dir = Path(training_args.output_dir or "trainer_output")
     training_args.output_dir = str(output_dir)
     check_writable(output_dir)
-    if env_rank() == 0:
+    # Rank 0 takes the lock later; other ranks would find their own run's. Of several nodes' pre-checks (run.sh's,
+    # NNODES > 1) none knows whether its node will hold rank 0, and a quicker node's may hold it already.
+    if env_rank() == 0 and int(os.environ.get("MINILMV2_LAUNCH_NNODES") or 1) == 1:
         from minilmv2.launch import check_output_lock
 
-        check_output_lock(output_dir)  # rank 0 takes the lock later; other ranks would find their own run's
+        check_output_lock(output_dir)
     requested = training_args.resume_from_checkpoint or model_args.checkpoint_dir
     restore_data = requested is not None and not training_args.ignore_data_skip
     options = stream_options(data_args, training_args, tokenizer)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minilmv2.errors import UsageError, exit_on_usage_error
+from minilmv2.scoring.cell_lock import HEARTBEAT_SECONDS, CellLock
 from minilmv2.scoring.sweep_summary import RUN_RECORD, SQUAD_TASKS, check_sweep_model, check_sweep_tasks, summarise
 
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -45,6 +46,7 @@ GLUE_MAX_SEQ_LENGTH, SQUAD_MAX_SEQ_LENGTH = 128, 384
 SQUAD_BATCH, SQUAD_ACCUMULATION = 12, 4
 GLUE_BATCH = 32
 VISIBLE_GPUS_HOOK = "MINILMV2_VISIBLE_GPUS"
+WAIT_SECONDS = 2.0  # between looks at cells another sweep is running
 NUMBER = re.compile(r"^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$")
 
 
@@ -80,6 +82,7 @@ class Cell:
     argv: list[str]  # the script and its arguments
     identity: dict
     batch: str  # the total batch, as the summary says it
+    lock: CellLock | None = None  # held while it runs
 
     @property
     def label(self) -> str:
@@ -333,6 +336,7 @@ class Running:
     process: subprocess.Popen
     started: float
     pump: threading.Thread
+    lock: CellLock
 
 
 class Sweep:
@@ -342,8 +346,9 @@ class Sweep:
         self.settings, self.cells = settings, cells
         self.stop_signal: int | None = None
         self.durations: list[float] = []
-        self.counts = {"ok": 0, "failed": 0, "kept": 0, "interrupted": 0}
+        self.counts = {"ok": 0, "failed": 0, "kept": 0, "interrupted": 0, "elsewhere": 0}
         self.running: list[Running] = []
+        self.started_at = time.time()  # records written after this by another sweep are its runs, not to redo
 
     def child_env(self, slot: str | None) -> dict:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
@@ -353,6 +358,33 @@ class Sweep:
             threads = str(max(1, (os.cpu_count() or 1) // len(self.settings.slots)))
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         return env
+
+    def take_next(self, pending: list[Cell]) -> Cell | None:
+        """The first pending cell whose lock this sweep gets and that nobody has run meanwhile; None if none."""
+        for cell in list(pending):
+            lock = CellLock(cell.run_dir)
+            if not lock.take():
+                continue  # another sweep (or array task) runs it now
+            pending.remove(cell)
+            if self.done_elsewhere(cell):
+                lock.release()
+                self.counts["elsewhere"] += 1
+                print(f"{cell.label}: run by another sweep meanwhile, kept", flush=True)
+                continue
+            cell.lock = lock
+            return cell
+        return None
+
+    def done_elsewhere(self, cell: Cell) -> bool:
+        """Whether another sweep sharing OUTPUT_DIR ran this cell (ok or failed) since this one started."""
+        path = cell.run_dir / RUN_RECORD
+        try:
+            record = json.loads(path.read_text())
+            recent = path.stat().st_mtime >= self.started_at - 1
+        except (OSError, ValueError):
+            return False
+        same = record.get("identity_sha256") == cell.identity_sha256
+        return same and record.get("status") in ("ok", "failed") and recent
 
     def start(self, cell: Cell, slot: str | None) -> Running:
         cell.run_dir.mkdir(parents=True, exist_ok=True)
@@ -376,7 +408,7 @@ class Sweep:
         thread.start()
         where = f" on GPU {slot}" if slot is not None else ""
         print(f"start {cell.label}{where} -> {cell.run_dir}", flush=True)
-        return Running(cell, slot, process, time.monotonic(), thread)
+        return Running(cell, slot, process, time.monotonic(), thread, cell.lock)
 
     def finish(self, run: Running, total: int) -> None:
         run.pump.join()
@@ -396,12 +428,13 @@ class Sweep:
                   "batch": run.cell.batch, "seconds": round(seconds, 1), "identity": run.cell.identity,
                   "identity_sha256": run.cell.identity_sha256}  # fmt: skip
         (run.cell.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+        run.lock.release()  # after the record: a sweep that takes the lock next finds the cell done
         where = f" on GPU {run.slot}" if run.slot is not None else ""
         extra = f" (exit {code}), see {run.cell.run_dir / 'run.log'}" if status == "failed" else ""
         print(f"{status} {run.cell.label}{where} in {seconds:.0f} s{extra}", flush=True)
 
     def progress(self, total: int, running: int, left: int) -> None:
-        done = self.counts["ok"] + self.counts["failed"] + self.counts["kept"]
+        done = self.counts["ok"] + self.counts["failed"] + self.counts["kept"] + self.counts["elsewhere"]
         eta = ""
         if self.durations and left + running:
             remaining = sum(self.durations) / len(self.durations) * (left + running) / len(self.settings.slots)
@@ -422,10 +455,26 @@ class Sweep:
                     print(f"note: {cell.label}: {why}")
                 queue.append(cell)
         free, running = list(self.settings.slots), self.running
+        beat, said_waiting = time.monotonic(), False
         while (queue and self.stop_signal is None) or running:
             while queue and free and self.stop_signal is None:
-                running.append(self.start(queue.pop(0), free.pop(0)))
+                cell = self.take_next(queue)
+                if cell is None:
+                    break
+                running.append(self.start(cell, free.pop(0)))
+            if queue and not running and self.stop_signal is None:
+                if (
+                    not said_waiting
+                ):  # every cell left is locked by another sweep: wait for it (or its lock to go stale)
+                    print(f"waiting for {len(queue)} cell(s) that another sweep is running", flush=True)
+                    said_waiting = True
+                time.sleep(WAIT_SECONDS)
+                continue
             time.sleep(0.1)
+            if time.monotonic() - beat > HEARTBEAT_SECONDS:
+                for run in running:
+                    run.lock.heartbeat()
+                beat = time.monotonic()
             for run in [run for run in running if run.process.poll() is not None]:
                 running.remove(run)
                 free.append(run.slot)  # the next cell takes the GPU this one freed
@@ -443,12 +492,33 @@ class Sweep:
                 os.killpg(run.process.pid, signal.SIGTERM)
 
 
+def array_share(cells: list[Cell], env: dict) -> list[Cell]:
+    """This SLURM array task's cells (every n-th from its index), or all of them outside an array."""
+    count = int(env.get("SLURM_ARRAY_TASK_COUNT") or 1)
+    if count <= 1:
+        return cells
+    index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN") or 0)
+    share = cells[index::count]
+    print(f"array task {index + 1} of {count}: {len(share)} of the grid's {len(cells)} cells", flush=True)
+    return share
+
+
+def finished(cell: Cell) -> bool:
+    """Whether the cell has a result of this identity (ok or failed): what the summary waits for."""
+    try:
+        record = json.loads((cell.run_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("identity_sha256") == cell.identity_sha256 and record.get("status") in ("ok", "failed")
+
+
 @exit_on_usage_error
 def main() -> int:
     env = dict(os.environ)
     settings = read_settings(env)
-    cells = make_grid(settings)
-    check_extra_args(settings, cells)
+    grid = make_grid(settings)
+    check_extra_args(settings, grid)
+    cells = array_share(grid, env)
     where = f"GPU(s) {' '.join(s for s in settings.slots)}" if settings.slots[0] is not None else "the CPU"
     print(f"Sweep: {len(cells)} runs of {settings.model_dir} on {' '.join(settings.tasks)} -> {settings.output_dir}, "
           f"{len(settings.slots)} at a time on {where}", flush=True)  # fmt: skip
@@ -457,6 +527,12 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, sweep.stop)
     status = sweep.run()
+    unfinished = [cell for cell in grid if not finished(cell)]
+    if unfinished and len(cells) < len(grid):
+        print(f"summary deferred: {len(unfinished)} of {len(grid)} cells are not finished yet (other array tasks); "
+              "the last task writes it, or run: python -m minilmv2.scoring.sweep_summary "
+              f"{settings.output_dir} --tasks {' '.join(settings.tasks)}")  # fmt: skip
+        return status
     summarise(settings.output_dir, settings.model_dir.resolve().name, settings.tasks)
     print((settings.output_dir / "summary.md").read_text(encoding="utf-8"))
     if sweep.counts["failed"]:

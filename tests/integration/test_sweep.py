@@ -25,6 +25,8 @@ GLUE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "glue"
 
 STAND_IN = """#!{python}
 import json, os, sys, time
+if sys.argv[1] in ("-m", "-c"):  # the sweep itself (run_eval.sh runs it with PYTHON too): the real interpreter
+    os.execv("{python}", ["{python}", *sys.argv[1:]])
 if os.environ.get("MINILMV2_VALIDATE_ONLY") == "1":
     if "--fp17" in sys.argv:
         sys.exit("error: unknown argument(s) --fp17; see --help for the valid ones")
@@ -224,3 +226,59 @@ def test_the_data_parallel_guard_keeps_one_gpu(monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_RANK", "0")
     one_device_without_torchrun(under_torchrun)
     assert under_torchrun.n_gpu == 0 and capsys.readouterr().out == ""
+
+
+# ---- several sweeps on one OUTPUT_DIR: a lock per cell ----
+
+
+def test_two_sweeps_started_together_run_every_cell_exactly_once(assets, tmp_path):
+    env = sweep_env(assets, tmp_path, STAND_IN_SECONDS="1.0", PARALLEL="1")
+    command = [sys.executable, "-m", "minilmv2.scoring.sweep"]
+    sweeps = [subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(2)]  # fmt: skip
+    outputs = [sweep.communicate(timeout=120) for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    runs = stand_in_runs(tmp_path)
+    assert sorted(run["out"] for run in runs) == sorted(str(p) for p in (tmp_path / "out" / "sst2").iterdir())
+    assert len(runs) == 4  # each cell once, over both sweeps
+    assert not list((tmp_path / "out").rglob("sweep.lock"))  # every lock released
+
+
+def test_an_array_of_three_tasks_covers_every_cell_once_and_the_last_writes_the_summary(assets, tmp_path):
+    """slurm/eval.sbatch as a 3-task array (run one after another here): each task takes its share of cells."""
+    outputs = []
+    for task in range(3):
+        env = sweep_env(assets, tmp_path, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="3",
+                        SLURM_ARRAY_TASK_MIN="0", SLURM_SUBMIT_DIR=str(REPO_ROOT), STAND_IN_SECONDS="0.1")  # fmt: skip
+        done = subprocess.run(["bash", str(REPO_ROOT / "slurm" / "eval.sbatch")], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+        outputs.append(done.stdout)
+    assert "array task 1 of 3: 2 of the grid's 4 cells" in outputs[0]
+    assert "array task 3 of 3: 1 of the grid's 4 cells" in outputs[2]
+    assert all("summary deferred: " in out for out in outputs[:2]) and "summary deferred" not in outputs[2]
+    runs = stand_in_runs(tmp_path)
+    assert len(runs) == len({run["out"] for run in runs}) == 4
+    assert "4e-3" in (tmp_path / "out" / "summary.csv").read_text()
+
+
+def test_a_stale_lock_is_taken_over_and_said(assets, tmp_path):
+    """A sweep that died (its pid is gone on this host) or a node that died (no heartbeat): its cells run again."""
+    import socket
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cells = [tmp_path / "out" / "sst2" / f"lr{lr}_ep1_seed7" for lr in ("1e-3", "2e-3")]
+    for cell, holder in zip(cells, ({"host": socket.gethostname(), "pid": dead.pid}, {"host": "node-gone", "pid": 1}),
+                            strict=True):  # fmt: skip
+        cell.mkdir(parents=True)
+        (cell / "sweep.lock").write_text(json.dumps({**holder, "started": 0}))
+    old = time.time() - 400  # beyond the 300 s without a heartbeat
+    os.utime(cells[1] / "sweep.lock", (old, old))
+    result = run_sweep(sweep_env(assets, tmp_path, LEARNING_RATES="1e-3 2e-3"))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"note: taking over the lock of {cells[0]} (pid {dead.pid} on {socket.gethostname()} is gone)" in result.stdout
+    )
+    assert f"note: taking over the lock of {cells[1]} (node-gone pid 1 gave no heartbeat for 40" in result.stdout
+    assert len(stand_in_runs(tmp_path)) == 2
