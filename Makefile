@@ -9,7 +9,7 @@ PIP_INSTALL_ARGS ?=
 MINILMV2_ASSETS ?= $(CURDIR)/.assets
 export MINILMV2_ASSETS
 
-.PHONY: setup assets test test-unit lint format quickstart bench clean headlines gpu-bundle test-device-image
+.PHONY: setup assets test test-unit lint format quickstart bench clean headlines gpu-bundle test-device-image init-ablation
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ assets: setup
 # teacher through run.sh, score distilled / random student / teacher through run_eval.sh, print the table.
 quickstart: setup assets
 	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.tools.quickstart --output_dir runs/quickstart
+
+# Student initialisation x relation distillation at the quickstart's shape: two distillations (STUDENT_INIT random
+# and teacher_embeddings) and 30 fine-tuning runs (5 models x 2 tasks x 3 seeds); about 40 min on 2 cores.
+init-ablation: setup assets
+	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.tools.init_ablation --output_dir runs/init_ablation
 
 # BBC News headline generation with hf_run_seq2seq.py: distilled vs random student vs teacher, ROUGE-1/2/L
 # (reuses the quickstart's distilled student when there is one; values at the top of minilmv2/tools/headlines.py).

@@ -17,6 +17,7 @@
 #   STUDENT_HIDDEN_SIZE 384  STUDENT_NUM_LAYERS 6  STUDENT_ATTENTION_HEADS 12  STUDENT_INTERMEDIATE_SIZE (4 x hidden)
 #   L 12  NUM_RELATION_HEADS 48  RELATIONS {(i, j): weight} with 1=Q 2=K 3=V (default: the library's Q-Q, K-K, V-V)
 #   RELATION_KERNEL auto (Triton on CUDA when installed, else torch) | torch | compile | triton
+#   STUDENT_INIT  random (the paper's recipe) | teacher_embeddings (the student's embeddings from the teacher's)
 #   BATCH_SIZE 256 (per device)  GRAD_ACCUM 1  LR 6e-4  ADAM_EPS 1e-6  ADAM_BETA1 0.9  ADAM_BETA2 0.999
 #   WEIGHT_DECAY 0.01  MAX_STEPS 400000  WARMUP_STEPS 4000  SAVE_STEPS 50000  LOGGING_STEPS 1000
 #   EVAL_STEPS $LOGGING_STEPS  MAX_SEQ_LEN 512  SEED 42  PRECISION (bf16 on GPUs that have it, else none)
@@ -48,6 +49,7 @@ L=${L:-12}
 NUM_RELATION_HEADS=${NUM_RELATION_HEADS:-48}
 RELATIONS=${RELATIONS:-}  # empty: minilmv2's default relations (minilmv2.relations.DEFAULT_RELATIONS)
 RELATION_KERNEL=${RELATION_KERNEL:-auto}
+STUDENT_INIT=${STUDENT_INIT:-random}
 BATCH_SIZE=${BATCH_SIZE:-256}
 GRAD_ACCUM=${GRAD_ACCUM:-1}
 LR=${LR:-6e-4}
@@ -91,7 +93,7 @@ TRAINING_ARGS=(training_params
 MODEL_ARGS=(model_params --input_model_dir "$TEACHER_DIR" --tokenizer_dir "$TOKENIZER_DIR"
     --student_hidden_size "$STUDENT_HIDDEN_SIZE" --student_num_layers "$STUDENT_NUM_LAYERS"
     --student_attention_heads "$STUDENT_ATTENTION_HEADS" --L "$L" --num_relation_heads "$NUM_RELATION_HEADS"
-    --relation_kernel "$RELATION_KERNEL")
+    --relation_kernel "$RELATION_KERNEL" --student_init "$STUDENT_INIT")
 [ -n "$RELATIONS" ] && MODEL_ARGS+=(--minilm_relations "$RELATIONS")
 [ -n "$STUDENT_INTERMEDIATE_SIZE" ] && MODEL_ARGS+=(--student_intermediate_size "$STUDENT_INTERMEDIATE_SIZE")
 ARGS=("${DATA_ARGS[@]}" "${TRAINING_ARGS[@]}" "${MODEL_ARGS[@]}")

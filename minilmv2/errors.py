@@ -44,6 +44,7 @@ OPTIONS = {
     "num_relation_heads": Option("the number of relation heads A_r", "NUM_RELATION_HEADS"),
     "minilm_relations": Option("the relations", "RELATIONS"),
     "minilm_v1": Option("the MiniLM v1 preset"),
+    "student_init": Option("the student's initialisation", "STUDENT_INIT"),
     "relation_kernel": Option("the relation-loss kernel", "RELATION_KERNEL"),
     "per_device_train_batch_size": Option("the batch per process", "BATCH_SIZE"),
     "gradient_accumulation_steps": Option("the gradient accumulation", "GRAD_ACCUM"),

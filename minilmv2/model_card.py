@@ -41,6 +41,7 @@ class DistillationSummary:
     command: list[str] = field(default_factory=list)
     log_history: list[dict] = field(default_factory=list)
     stopped_by_signal: int | None = None
+    student_init: str = "random"  # minilmv2.student_init.STUDENT_INITS
 
 
 def last_logged(log_history: list[dict], key: str) -> tuple[int, float] | None:
@@ -49,6 +50,13 @@ def last_logged(log_history: list[dict], key: str) -> tuple[int, float] | None:
         if key in entry:
             return entry.get("step", 0), float(entry[key])
     return None
+
+
+INIT_TEXT = {
+    "random": "random (the paper's recipe)",
+    "teacher_embeddings": "token / position / token-type embeddings from the teacher's (copied, or projected onto "
+    "their top principal components), the rest random",
+}
 
 
 def relations_text(relations: dict[tuple[int, int], float]) -> str:
@@ -90,6 +98,7 @@ def render_model_card(summary: DistillationSummary, has_curve: bool, student_dir
         f"| student layer M | {s.student_layer} |",
         f"| relation heads A_r | {s.num_relation_heads} |",
         f"| relations | {relations_text(s.relations)} |",
+        f"| student initialisation | {INIT_TEXT.get(s.student_init, s.student_init)} |",
         f"| training | {status} |",
         f"| tokens seen | {s.tokens_seen:,} |",
         f"| final train loss | {train_text} |",

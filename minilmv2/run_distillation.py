@@ -125,6 +125,12 @@ class ModelArguments:
         default=False,
         metadata={"help": "MiniLM v1: Q-K attention + V-V relations, one relation head per attention head"},
     )
+    student_init: str = dataclasses.field(
+        default="random",
+        metadata={"help": "random (the paper's recipe) or teacher_embeddings: the student's token, position and "
+                          "token-type embeddings from the teacher's (copied, or projected onto their top principal "
+                          "components when narrower)"},
+    )  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -269,6 +275,11 @@ def build_distiller(plan: Plan):
         intermediate_size=model_args.student_intermediate_size,
     )
     student = build_student(student_config)
+    if model_args.student_init == "teacher_embeddings":
+        from minilmv2.student_init import init_from_teacher_embeddings
+
+        for line in init_from_teacher_embeddings(student, teacher):
+            print0(f"student init from the teacher's embeddings: {line}")
     try:
         if model_args.minilm_v1:
             distiller = MiniLM.v1(teacher, student, L=model_args.L, kernel=model_args.relation_kernel)
@@ -492,6 +503,7 @@ def summarise_run(plan: Plan, distiller, trainer, tokens_seen: int):
         command=plan.command,
         log_history=trainer.state.log_history,
         stopped_by_signal=None if trainer.stopped_by_signal is None else int(trainer.stopped_by_signal),
+        student_init=plan.model_args.student_init,
     )
 
 

@@ -256,6 +256,10 @@ def check_student_matches(checkpoint: Path, model_args, teacher_config) -> None:
         del asked["student_intermediate_size"]  # its default follows the hidden size: that difference says it
     differing = [f"{given(field, value)} (it has {saved.get(key)})" for field, (key, value) in asked.items()
                  if key in saved and saved[key] != value]  # fmt: skip
+    from minilmv2.student_init import INIT_FIELD
+
+    if saved.get(INIT_FIELD, "random") != model_args.student_init:
+        differing.append(f"{given('student_init', model_args.student_init)} (it has {saved.get(INIT_FIELD, 'random')})")
     if saved.get("vocab_size") not in (None, getattr(teacher_config, "vocab_size", None)):
         differing.append(f"the teacher's vocabulary of {teacher_config.vocab_size} (it has {saved['vocab_size']})")
     if differing:
@@ -330,6 +334,30 @@ def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -
             f"is out of range: use {MIN_SEQ_LEN}..{max_positions} ([CLS] a token [SEP] at least; the teacher has "
             f"{max_positions} positions)",
         )
+
+
+def check_student_init(model_args, teacher_config) -> None:
+    """--student_init is known; teacher_embeddings needs the tokenizer the teacher's embeddings were trained with
+    (their rows must mean the same tokens)."""
+    from minilmv2.student_init import STUDENT_INITS
+
+    init = model_args.student_init
+    if init not in STUDENT_INITS:
+        raise refuse("student_init", init, f"is not valid: give {' or '.join(STUDENT_INITS)}")
+    if init != "teacher_embeddings":
+        return
+    field, directory = tokenizer_option(model_args)
+    if field == "tokenizer_dir" and has_tokenizer(model_args.input_model_dir):
+        from transformers import AutoTokenizer
+
+        vocabularies = [AutoTokenizer.from_pretrained(d).get_vocab() for d in (directory, model_args.input_model_dir)]
+        if vocabularies[0] != vocabularies[1]:
+            raise refuse(
+                "student_init",
+                init,
+                f"needs the teacher's own vocabulary, but {given(field, directory)} differs from the teacher "
+                f"folder's tokenizer; use that tokenizer, or {option('student_init')} random",
+            )
 
 
 def check_relation_kernel(kernel: str, training_args) -> None:
@@ -457,6 +485,7 @@ def make_plan(
             f"does not apply with {option('minilm_v1')}, whose relations are Q-K and V-V; drop one of the two",
         )
     check_shapes(model_args, teacher_config, data_args.max_seq_len, relations)
+    check_student_init(model_args, teacher_config)
     check_relation_kernel(model_args.relation_kernel, training_args)
     check_evaluation(training_args, has_val=val_config is not None)
     check_report_to(training_args)

@@ -68,6 +68,7 @@ class TaskBest:
     runs_failed: int
     second_metric: str | None = None  # "exact" / "exact_match" for SQuAD tasks
     second_score: float | None = None  # its median at the best cell
+    spread: tuple[float, float] | None = None  # (min, max) over the fine-tuning seeds at the best cell, if several
 
 
 def main_metric(task: str) -> str:
@@ -152,6 +153,7 @@ def best_per_task(runs: list[SweepRun]) -> list[TaskBest]:
             lr, epochs, score = None, None, None
         second = cell_scores(task_runs, "second_score").get((lr, epochs))
         counts = dict(num_seeds=len(seeds), runs_ok=ok, runs_failed=len(task_runs) - ok)
+        counts["spread"] = cell_spreads(task_runs).get((lr, epochs))
         bests.append(
             TaskBest(
                 task,
@@ -175,6 +177,20 @@ def cell_scores(task_runs: list[SweepRun], field: str = "score") -> dict[tuple[s
         if getattr(run, field) is not None:
             by_cell.setdefault((run.learning_rate, run.epochs), []).append(getattr(run, field))
     return {cell: statistics.median(scores) for cell, scores in by_cell.items()}
+
+
+def cell_spreads(task_runs: list[SweepRun]) -> dict[tuple[str, str], tuple[float, float]]:
+    """{(learning_rate, epochs): (min, max) of the score over the fine-tuning seeds that finished}, for cells
+    with at least two such seeds (the spread of fine-tuning alone: every seed fine-tunes the same model)."""
+    by_cell: dict[tuple[str, str], list[float]] = {}
+    for run in task_runs:
+        if run.score is not None:
+            by_cell.setdefault((run.learning_rate, run.epochs), []).append(run.score)
+    return {cell: (min(scores), max(scores)) for cell, scores in by_cell.items() if len(scores) > 1}
+
+
+def _with_spread(score: float | None, spread: tuple[float, float] | None) -> str:
+    return _fmt(score) + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread and score is not None else "")
 
 
 def average_score(bests: list[TaskBest]) -> float | None:
@@ -201,6 +217,8 @@ def write_summary_csv(path: Path, bests: list[TaskBest]) -> None:
                 "runs_failed",
                 "second_metric",
                 "second_score",
+                "seed_min",
+                "seed_max",
             ]
         )
         for best in bests:
@@ -217,6 +235,8 @@ def write_summary_csv(path: Path, bests: list[TaskBest]) -> None:
                     best.runs_failed,
                     best.second_metric or "",
                     "" if best.second_score is None else f"{best.second_score:.4f}",
+                    "" if best.spread is None else f"{best.spread[0]:.4f}",
+                    "" if best.spread is None else f"{best.spread[1]:.4f}",
                 ]
             )
         average = average_score(bests)
@@ -230,6 +250,8 @@ def write_summary_csv(path: Path, bests: list[TaskBest]) -> None:
                 "",
                 sum(b.runs_ok for b in bests),
                 sum(b.runs_failed for b in bests),
+                "",
+                "",
                 "",
                 "",
             ]
@@ -263,13 +285,19 @@ def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: st
             cells += [_fmt(b.score), _fmt(b.second_score)]
         else:
             headers.append(b.task)
-            cells.append(_fmt(b.score))
+            cells.append(_with_spread(b.score, b.spread))
     lines.append("| | " + " | ".join(headers) + " | Avg |")
     lines.append("|---" * (len(headers) + 2) + "|")
     lines.append(f"| {model_name} | " + " | ".join(cells) + f" | {_fmt(average)} |")
     lines += [
         "",
-        "Best dev score per task (x100; median over seeds), with the learning rate and epochs that gave it:",
+        "Best dev score per task (x100; median over seeds), with the learning rate and epochs that gave it"
+        + (
+            "; in brackets the min-max over the fine-tuning seeds (their spread only: every seed fine-tunes the "
+            "same model):"
+            if any(b.spread for b in bests)
+            else ":"
+        ),
         "",
     ]
     lines.append("| task | metric | best dev score | learning rate | epochs | seeds | runs ok | runs failed |")
@@ -277,7 +305,7 @@ def summary_markdown(bests: list[TaskBest], runs: list[SweepRun], model_name: st
     for b in bests:
         metric = b.metric if not b.second_metric else f"{b.metric} (EM {_fmt(b.second_score)})"
         lines.append(
-            f"| {b.task} | {metric} | {_fmt(b.score)} | {b.learning_rate or '-'} | {b.epochs or '-'} "
+            f"| {b.task} | {metric} | {_with_spread(b.score, b.spread)} | {b.learning_rate or '-'} | {b.epochs or '-'} "
             f"| {b.num_seeds} | {b.runs_ok} | {b.runs_failed} |"
         )
     lines.append(f"| **average**{average_note} | | {_fmt(average)} | | | | | |")
@@ -308,6 +336,7 @@ def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBes
     epochs = sorted({run.epochs for run in task_runs}, key=_as_number)
     cells = cell_scores(task_runs)
     second_cells = cell_scores(task_runs, "second_score")
+    spreads = cell_spreads(task_runs)
     grid = np.full((len(rates), len(epochs)), np.nan)
     for (lr, ep), score in cells.items():
         grid[rates.index(lr), epochs.index(ep)] = score
@@ -321,6 +350,8 @@ def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBes
                 text, color = "failed", "red"
             else:  # dark text on the bright (high) end of viridis, light text on the dark end
                 text, color = f"{score:.2f}", "black" if score - low > 0.6 * (high - low) else "white"
+                if (lr, ep) in spreads:
+                    text += f"\n({spreads[(lr, ep)][0]:.1f}-{spreads[(lr, ep)][1]:.1f})"
                 if (lr, ep) in second_cells:
                     text += f"\nEM {second_cells[(lr, ep)]:.2f}"
             bold = (lr, ep) == (best.learning_rate, best.epochs)
@@ -330,6 +361,8 @@ def plot_heatmap(path: Path, task: str, task_runs: list[SweepRun], best: TaskBes
     axes.set_xlabel("epochs")
     axes.set_ylabel("learning rate")
     title = f"{task} dev F1 (EM below)" if best.second_metric else f"{task} dev {best.metric} x100"
+    if spreads:
+        title += "\nmedian over seeds (min-max)"
     axes.set_title(title)
     if cells:
         figure.colorbar(image, ax=axes)

@@ -236,6 +236,12 @@ def test_summary_takes_the_median_over_seeds_and_breaks_ties_cheaply(tmp_path):
     assert float(row["best_dev_score"]) == pytest.approx(80.0)
     assert (row["learning_rate"], row["epochs"], row["seeds"]) == ("2e-5", "3", "3")
     assert (row["runs_ok"], row["runs_failed"]) == ("8", "1")
+    # The spread of the best cell: min-max over its three fine-tuning seeds, in the csv, the table and the heatmap.
+    assert (float(row["seed_min"]), float(row["seed_max"])) == (pytest.approx(70.0), pytest.approx(90.0))
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| student | 80.00 (70.00-90.00) | 80.00 |" in markdown
+    assert "| qnli | accuracy | 80.00 (70.00-90.00) | 2e-5 | 3 | 3 | 8 | 1 |" in markdown
+    assert "in brackets the min-max over the fine-tuning seeds" in markdown
 
 
 def test_a_corrupt_run_record_marks_that_run_failed(tmp_path, capsys):
