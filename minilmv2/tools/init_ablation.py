@@ -44,6 +44,7 @@ INITS = ("random", "teacher_embeddings")
 def run(command: list[str], env: dict, log: Path) -> float:
     """Run `command` from the checkout with `env` added, its output to `log`; its wall time in seconds."""
     started = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
         done = subprocess.run(command, cwd=repo(), env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT)
     if done.returncode != 0:
