@@ -336,9 +336,9 @@ def check_shapes(model_args, teacher_config, max_seq_len: int, relations=None) -
         )
 
 
-def check_student_init(model_args, teacher_config) -> None:
+def check_student_init(model_args, tokenizer) -> None:
     """--student_init is known; teacher_embeddings needs the tokenizer the teacher's embeddings were trained with
-    (their rows must mean the same tokens)."""
+    (their rows must mean the same tokens). tokenizer: this run's, already loaded (load_tokenizer)."""
     from minilmv2.student_init import STUDENT_INITS
 
     init = model_args.student_init
@@ -350,8 +350,7 @@ def check_student_init(model_args, teacher_config) -> None:
     if field == "tokenizer_dir" and has_tokenizer(model_args.input_model_dir):
         from transformers import AutoTokenizer
 
-        vocabularies = [AutoTokenizer.from_pretrained(d).get_vocab() for d in (directory, model_args.input_model_dir)]
-        if vocabularies[0] != vocabularies[1]:
+        if tokenizer.get_vocab() != AutoTokenizer.from_pretrained(model_args.input_model_dir).get_vocab():
             raise refuse(
                 "student_init",
                 init,
@@ -485,11 +484,11 @@ def make_plan(
             f"does not apply with {option('minilm_v1')}, whose relations are Q-K and V-V; drop one of the two",
         )
     check_shapes(model_args, teacher_config, data_args.max_seq_len, relations)
-    check_student_init(model_args, teacher_config)
     check_relation_kernel(model_args.relation_kernel, training_args)
     check_evaluation(training_args, has_val=val_config is not None)
     check_report_to(training_args)
     tokenizer = load_tokenizer(model_args, teacher_config)
+    check_student_init(model_args, tokenizer)
 
     output_dir = Path(training_args.output_dir or "trainer_output")
     training_args.output_dir = str(output_dir)

@@ -294,13 +294,24 @@ def make_grid(settings: Settings) -> list[Cell]:
     return cells
 
 
+def read_record(cell: Cell) -> dict | None:
+    """The cell's sweep_run.json, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((cell.run_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished(cell: Cell) -> bool:
+    """Whether the cell has a result of this identity (ok or failed): what the summary waits for."""
+    record = read_record(cell) or {}
+    return record.get("identity_sha256") == cell.identity_sha256 and record.get("status") in ("ok", "failed")
+
+
 def kept(cell: Cell, overwrite: bool) -> tuple[bool, str]:
     """(whether the cell's earlier result stands, why not when there is one)."""
-    try:
-        record = json.loads((cell.run_dir / RUN_RECORD).read_text())
-    except (OSError, ValueError):
-        return False, ""
-    if overwrite or record.get("status") != "ok":
+    record = read_record(cell)
+    if record is None or overwrite or record.get("status") != "ok":
         return False, ""
     if record.get("identity_sha256") != cell.identity_sha256:
         return False, "its earlier result was made with another model or other arguments: run again"
@@ -377,14 +388,11 @@ class Sweep:
 
     def done_elsewhere(self, cell: Cell) -> bool:
         """Whether another sweep sharing OUTPUT_DIR ran this cell (ok or failed) since this one started."""
-        path = cell.run_dir / RUN_RECORD
         try:
-            record = json.loads(path.read_text())
-            recent = path.stat().st_mtime >= self.started_at - 1
-        except (OSError, ValueError):
+            recent = (cell.run_dir / RUN_RECORD).stat().st_mtime >= self.started_at - 1
+        except OSError:
             return False
-        same = record.get("identity_sha256") == cell.identity_sha256
-        return same and record.get("status") in ("ok", "failed") and recent
+        return recent and finished(cell)
 
     def start(self, cell: Cell, slot: str | None) -> Running:
         cell.run_dir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +418,7 @@ class Sweep:
         print(f"start {cell.label}{where} -> {cell.run_dir}", flush=True)
         return Running(cell, slot, process, time.monotonic(), thread, cell.lock)
 
-    def finish(self, run: Running, total: int) -> None:
+    def finish(self, run: Running) -> None:
         run.pump.join()
         code = run.process.returncode
         seconds = time.monotonic() - run.started
@@ -478,7 +486,7 @@ class Sweep:
             for run in [run for run in running if run.process.poll() is not None]:
                 running.remove(run)
                 free.append(run.slot)  # the next cell takes the GPU this one freed
-                self.finish(run, total)
+                self.finish(run)
                 self.progress(total, len(running), len(queue))
         return 128 + self.stop_signal if self.stop_signal is not None else (1 if self.counts["failed"] else 0)
 
@@ -501,15 +509,6 @@ def array_share(cells: list[Cell], env: dict) -> list[Cell]:
     share = cells[index::count]
     print(f"array task {index + 1} of {count}: {len(share)} of the grid's {len(cells)} cells", flush=True)
     return share
-
-
-def finished(cell: Cell) -> bool:
-    """Whether the cell has a result of this identity (ok or failed): what the summary waits for."""
-    try:
-        record = json.loads((cell.run_dir / RUN_RECORD).read_text())
-    except (OSError, ValueError):
-        return False
-    return record.get("identity_sha256") == cell.identity_sha256 and record.get("status") in ("ok", "failed")
 
 
 @exit_on_usage_error

@@ -16,6 +16,7 @@ import pyarrow.parquet
 import pytest
 import zstandard
 from fixtures.distill.tiny_teacher import distill_argv, first_lines, write_corpus_config, write_tiny_teacher
+from test_reliability_training import run_main
 
 from minilmv2.corpus_files import SAMPLE_BYTES, binary_kind, invalid_utf8, wide_encoding
 from minilmv2.run_distillation import main
@@ -32,15 +33,6 @@ def setup(corpus_dir, tmp_path_factory):
     teacher = write_tiny_teacher(root / "teacher")
     text = first_lines(corpus_dir / "wiki-02.txt", root / "wiki.txt", 120)
     return {"root": root, "teacher": teacher, "text": text}
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def parquet_file(setup, path: Path) -> Path:
