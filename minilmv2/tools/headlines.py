@@ -1,6 +1,11 @@
 """`make headlines`: BBC News headline generation, offline, distilled student vs random student vs teacher.
 
     python -m minilmv2.tools.headlines [--output_dir runs/headlines] [--assets .assets] [--student DIR]
+    SEEDS="1 2 3" make headlines      # several fine-tuning seeds: median and min-max per cell
+
+One fine-tuning seed (42) by default, since each run of the teacher takes about 10 minutes on 2 cores; with
+`SEEDS` (the environment, or --seeds) each model is fine-tuned once per seed and the table gives the median
+and the min-max over the seeds.
 
 Each BBC News file (the `bbc_news` topic task's raw files) starts with its title line; the task is to
 generate that title from the article body. The split is `bbc_news`'s fixed one (minilmv2/scoring/sentence_tasks.py): an
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -53,7 +59,6 @@ HEADLINE_ARGS = [
     "--warmup_steps", "0.1",
     "--weight_decay", "0.01",
     "--num_train_epochs", "4",
-    "--seed", "42",
     "--beam_size", "5",
     "--length_penalty", "0",
     "--min_target_length", "2",
@@ -68,6 +73,29 @@ HEADLINE_ARGS = [
 # ---------------------------------------------------------------------------------------------------------
 
 MODELS = ("distilled student", "random student", "teacher")
+DEFAULT_SEEDS = "42"
+METRICS = ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_loss")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """The fine-tuning seeds of "1 2 3" (spaces or commas); UsageError in one line for anything else."""
+    words = text.replace(",", " ").split()
+    if not words or not all(word.isdigit() for word in words) or len(set(words)) != len(words):
+        raise UsageError(f'SEEDS={text!r} must be distinct whole numbers separated by spaces, e.g. SEEDS="1 2 3"')
+    return [int(word) for word in words]
+
+
+def stage_title(model: str, seed: int, seeds: list[int]) -> str:
+    return f"fine-tune and decode the {model}" + (f", seed {seed}" if len(seeds) > 1 else "")
+
+
+def median_and_range(values: list[float]) -> tuple[float, float | None, float | None]:
+    """(median, min, max) of one metric over the seeds; min and max are None for one seed."""
+    import statistics
+
+    if len(values) == 1:
+        return values[0], None, None
+    return statistics.median(values), min(values), max(values)
 
 
 def title_and_body(raw_text: str) -> tuple[str, str] | None:
@@ -169,7 +197,14 @@ def distillation_values() -> dict[str, str]:
     return dict(quickstart.DISTILLATION)
 
 
-def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], parameters: dict[str, float]) -> Path:
+def write_table(
+    out_dir: Path,
+    scores: dict[str, list[dict]],
+    lead: dict[str, float],
+    parameters: dict[str, float],
+    seeds: list[int],
+) -> Path:
+    """headlines_results.md from `scores`, {model: [eval_results.json of each seed, in the order of `seeds`]}."""
     from minilmv2.tools.quickstart import machine_description
 
     seconds = read_stage_seconds(out_dir)
@@ -178,12 +213,14 @@ def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], 
         "|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
-        result = scores[model]
-        minutes = seconds.get(f"fine-tune and decode the {model}", 0.0) / 60
-        lines.append(
-            f"| {model} | {parameters[model]:.1f}M | {result['eval_rouge1']:.2f} | {result['eval_rouge2']:.2f} "
-            f"| {result['eval_rougeL']:.2f} | {result['eval_loss']:.3f} | {minutes:.1f} |"
-        )
+        cells = []
+        for metric in METRICS:
+            median, low, high = median_and_range([result[metric] for result in scores[model]])
+            digits = 3 if metric == "eval_loss" else 2
+            spread = f" ({low:.{digits}f}-{high:.{digits}f})" if low is not None else ""
+            cells.append(f"{median:.{digits}f}{spread}")
+        minutes = sum(seconds.get(stage_title(model, seed, seeds), 0.0) for seed in seeds) / 60
+        lines.append(f"| {model} | {parameters[model]:.1f}M | " + " | ".join(cells) + f" | {minutes:.1f} |")
     lines.append(
         f"| lead baseline (first {lead['words']} words) | - | {lead['eval_rouge1']:.2f} | {lead['eval_rouge2']:.2f} "
         f"| {lead['eval_rougeL']:.2f} | - | - |"
@@ -199,15 +236,23 @@ def write_table(out_dir: Path, scores: dict[str, dict], lead: dict[str, float], 
         [
             "# BBC News headline generation",
             "",
-            f"Dev split of bbc_news ({scores['teacher']['eval_samples']} articles), ROUGE F x 100 (rouge-score, "
+            f"Dev split of bbc_news ({scores['teacher'][0]['eval_samples']} articles), ROUGE F x 100 (rouge-score, "
             "stemmed); dev loss: the reference titles' cross-entropy per target token (teacher-forced).",
+            (
+                f"Each cell: the median over fine-tuning seeds {' '.join(map(str, seeds))}, min-max in brackets "
+                "(the spread of fine-tuning alone: one distillation and one random init per student); the time is "
+                "all seeds'."
+                if len(seeds) > 1
+                else f'One fine-tuning seed ({seeds[0]}): no spread; `SEEDS="1 2 3" make headlines` gives the median '
+                "and min-max over three."
+            ),
             "",
             *lines,
             "",
             f"Command: `make headlines`. Machine: {machine_description()}.",
             time_line,
             "",
-            "hf_run_seq2seq.py arguments: `" + " ".join(HEADLINE_ARGS) + "`",
+            "hf_run_seq2seq.py arguments: `" + " ".join(HEADLINE_ARGS) + "` and `--seed` per run",
             "",
         ]
     )
@@ -226,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", type=Path, default=Path("runs/headlines"))
     parser.add_argument("--assets", type=Path, default=default_dest())
     parser.add_argument("--student", type=Path, default=None, help="a distilled student to use instead")
+    parser.add_argument("--seeds", default=None, help=f"fine-tuning seeds (default $SEEDS, else {DEFAULT_SEEDS})")
     args = parser.parse_args(argv)
+    seeds = parse_seeds(args.seeds or os.environ.get("SEEDS") or DEFAULT_SEEDS)
     parts = quickstart.check_assets(args.assets.resolve())
     if args.student is not None and not (args.student / "config.json").is_file():
         raise UsageError(f"--student {str(args.student)!r} is not a model directory (no config.json)")
@@ -248,9 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         quickstart.save_random_student(distilled, random_student)
     model_dirs = {"distilled student": distilled, "random student": random_student, "teacher": parts["teacher"]}
 
-    scores = {}
-    for model, model_dir in model_dirs.items():
-        run_dir = out_dir / model.replace(" ", "_")
+    scores: dict[str, list[dict]] = {}
+    for model, model_dir, seed in ((m, d, seed) for m, d in model_dirs.items() for seed in seeds):
+        run_dir = out_dir / model.replace(" ", "_") / f"seed_{seed}"
         command = [
             sys.executable,
             "hf_run_seq2seq.py",
@@ -261,12 +308,13 @@ def main(argv: list[str] | None = None) -> None:
             "--output_dir", str(run_dir),
             "--overwrite_output_dir",
             *HEADLINE_ARGS,
+            "--seed", str(seed),
         ]  # fmt: skip
-        run_stage("headlines", f"fine-tune and decode the {model}", command, repo(), out_dir)
-        scores[model] = json.loads((run_dir / "eval_results.json").read_text())
+        run_stage("headlines", stage_title(model, seed, seeds), command, repo(), out_dir)
+        scores.setdefault(model, []).append(json.loads((run_dir / "eval_results.json").read_text()))
     lead = lead_baseline(train, dev)
     parameters = {model: quickstart.count_parameters(path) for model, path in model_dirs.items()}
-    path = write_table(out_dir, scores, lead, parameters)
+    path = write_table(out_dir, scores, lead, parameters, seeds)
     print(f"table: {path}\nruns:  {out_dir}")
 
 

@@ -1,30 +1,37 @@
-"""What relation distillation adds, from a random start and from the teacher's embeddings (`make init-ablation`).
+"""What relation distillation adds, from a random start and from the teacher's embeddings (`make init-ablation`,
+`make paper-shape`).
 
-At the quickstart's shape and budget (the packaged 6 x 384 teacher -> 4 x 256, 600 steps; values in
-minilmv2/tools/quickstart.py), this:
+Two shapes (--shape):
+
+- `quickstart`: the packaged 6 x 384 teacher -> 4 x 256 at the quickstart's budget (600 steps; values in
+  minilmv2/tools/quickstart.py);
+- `paper`: the paper's shape, offline: the 12 x 768 MPNet teacher (`python -m minilmv2.tools.assets --mpnet`) ->
+  6 x 384 x 12 heads, A_r 48, its last layer, at one hour of this project's 2-core CPU per init (PAPER_SHAPE below).
+
+For a shape, this:
 
 1. distils twice through run.sh, `STUDENT_INIT=random` and `STUDENT_INIT=teacher_embeddings`, with the held-out
-   distillation loss every 100 steps;
+   distillation loss every EVAL_EVERY steps (an interrupted distillation resumes from its latest checkpoint);
 2. saves the two undistilled starting points: a random student and a teacher-embedding student;
 3. fine-tunes and scores the teacher, both undistilled students and both distilled ones on the two offline tasks
-   through run_eval.sh with 3 fine-tuning seeds (median and min-max), beside the majority class;
+   through run_eval.sh with 3 fine-tuning seeds (median and min-max), beside the majority class (finished runs
+   are kept, so a second call goes on where the first stopped);
 4. writes `init_ablation.md` (the table, the held-out losses, the steps the teacher-embedding start saves to reach
-   the random start's final loss, the wall times) and `heldout_loss.png` into --output_dir.
+   the random start's final loss, tokens and wall times) and `heldout_loss.png` into --output_dir.
 
-    python -m minilmv2.tools.init_ablation [--output_dir runs/init_ablation] [--seeds "1 2 3"]
+    python -m minilmv2.tools.init_ablation [--shape quickstart|paper] [--output_dir runs/init_ablation]
+                                           [--seeds "1 2 3"]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import subprocess
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from minilmv2.errors import exit_on_usage_error
+from minilmv2.checkpoints import complete_checkpoints, finished_run
+from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.tools.assets import default_dest
 from minilmv2.tools.quickstart import (
     COMMON_EXTRA_ARGS,
@@ -32,24 +39,51 @@ from minilmv2.tools.quickstart import (
     EVALUATION,
     TASK_EXTRA_ARGS,
     check_assets,
+    machine_description,
     majority_class_scores,
+    read_scores,
     repo,
     save_random_student,
+    score_cell,
 )
+from minilmv2.tools.stages import read_stage_seconds, run_stage
 
-EVAL_EVERY = "100"
 INITS = ("random", "teacher_embeddings")
 
 
-def run(command: list[str], env: dict, log: Path) -> float:
-    """Run `command` from the checkout with `env` added, its output to `log`; its wall time in seconds."""
-    started = time.perf_counter()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as handle:
-        done = subprocess.run(command, cwd=repo(), env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"error: {' '.join(command)} failed ({done.returncode}); see {log}")
-    return time.perf_counter() - started
+@dataclass(frozen=True)
+class Shape:
+    """One ablation: which teacher (a part of the assets folder), the run.sh values on top of the quickstart's."""
+
+    teacher_part: str
+    teacher_name: str
+    student_name: str
+    distillation: dict[str, str]
+    eval_every: int
+
+
+# The paper's shape (MiniLMv2's 6 x 384 student of a base-size teacher: 12 heads, FFN 1536, A_r 48, the teacher's
+# last layer) at the quickstart's batch (32 x 128 packed tokens) and learning rate. The budget is a step count, so
+# that both inits train on exactly the same tokens whatever else the machine does: 1,000 steps is one hour of an
+# AMD EPYC with 2 cores and AVX512-BF16 (3.5 s a step, 1,166 tokens/s in bf16, measured over 30 steps), about
+# 4.1M tokens, 1.8 passes over the offline corpus. Warmup 10% as in the quickstart; a checkpoint every 200 steps
+# so that an interrupted hour resumes.
+PAPER_SHAPE = {
+    "STUDENT_HIDDEN_SIZE": "384",
+    "STUDENT_NUM_LAYERS": "6",
+    "STUDENT_ATTENTION_HEADS": "12",
+    "L": "12",
+    "NUM_RELATION_HEADS": "48",
+    "MAX_STEPS": "1000",
+    "WARMUP_STEPS": "100",
+    "SAVE_STEPS": "200",
+}
+SHAPES = {
+    "quickstart": Shape("teacher", "teacher (6 x 384)", "4 x 256 student of the 6 x 384 teacher", {}, 100),
+    "paper": Shape(
+        "mpnet_teacher", "teacher (MPNet, 12 x 768)", "6 x 384 student of the 12 x 768 MPNet teacher", PAPER_SHAPE, 100
+    ),  # fmt: skip
+}
 
 
 def save_embedding_student(distilled_dir: Path, teacher_dir: Path, out_dir: Path) -> None:
@@ -73,21 +107,7 @@ def held_out_losses(distill_dir: Path) -> list[tuple[int, float]]:
     return [(entry["step"], entry["eval_loss"]) for entry in history if "eval_loss" in entry]
 
 
-def scores_with_spread(eval_dir: Path) -> dict[str, tuple[float, float | None, float | None]]:
-    """{task: (median, min, max)} from run_eval.sh's summary.csv."""
-    with (eval_dir / "summary.csv").open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["metric"]]
-    return {
-        row["task"]: (
-            float(row["best_dev_score"]),
-            float(row["seed_min"]) if row["seed_min"] else None,
-            float(row["seed_max"]) if row["seed_max"] else None,
-        )
-        for row in rows
-    }
-
-
-def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+def plot_losses(curves: dict[str, list[tuple[int, float]]], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,14 +118,14 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
         axes.plot([s for s, _ in points], [v for _, v in points], marker="o", label=f"STUDENT_INIT={init}")
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("held-out distillation loss (relation KL)")
-    axes.set_title("4 x 256 student of the 6 x 384 teacher")
+    axes.set_title(title)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def steps_saved(curves: dict[str, list[tuple[int, float]]]) -> str:
+def steps_saved(curves: dict[str, list[tuple[int, float]]], eval_every: int) -> str:
     """How many steps the teacher-embedding start needs to reach the random start's final held-out loss."""
     target = curves["random"][-1]
     reached = next((step for step, loss in curves["teacher_embeddings"] if loss <= target[1]), None)
@@ -113,38 +133,62 @@ def steps_saved(curves: dict[str, list[tuple[int, float]]]) -> str:
         return f"the teacher-embedding start did not reach the random start's final loss {target[1]:.4f}"
     return (
         f"the teacher-embedding start reached the random start's final held-out loss ({target[1]:.4f} at step "
-        f"{target[0]}) at step {reached} (held-out loss measured every {EVAL_EVERY} steps)"
+        f"{target[0]}) at step {reached} (held-out loss measured every {eval_every} steps)"
     )
+
+
+def distil(init: str, shape: Shape, parts: dict[str, Path], out: Path) -> None:
+    """Distil with STUDENT_INIT=`init` into out/distill_<init>, resuming its latest checkpoint if it has one."""
+    distill_dir = out / f"distill_{init}"
+    if finished_run(distill_dir):
+        return
+    corpus = parts["corpus"]
+    env = {**DISTILLATION, **shape.distillation, "TEACHER_DIR": str(parts[shape.teacher_part]),
+           "STUDENT_INIT": init, "TRAIN_CONFIG": str(corpus / "train_config.json"),
+           "VAL_CONFIG": str(corpus / "val_config.json"), "EVAL_STEPS": str(shape.eval_every),
+           "OUTPUT_DIR": str(distill_dir)}  # fmt: skip
+    title = f"distillation, STUDENT_INIT={init}"
+    if distill_dir.is_dir() and complete_checkpoints(distill_dir):
+        env["RESUME"] = "latest"
+        title += f", resumed from {complete_checkpoints(distill_dir)[-1].name}"
+    run_stage("init_ablation", title, ["bash", "run.sh"], repo(), out, env)
+
+
+def tokens_seen(distill_dir: Path) -> int | None:
+    """The tokens the distillation read (the Trainer's count), from its last log entry that has it."""
+    history = json.loads((distill_dir / "trainer_state.json").read_text())["log_history"]
+    counts = [entry["num_input_tokens_seen"] for entry in history if "num_input_tokens_seen" in entry]
+    return int(counts[-1]) if counts else None
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", type=Path, default=Path("runs/init_ablation"))
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="quickstart")
+    parser.add_argument("--output_dir", type=Path, default=None, help="default runs/init_ablation[_paper]")
     parser.add_argument("--assets", type=Path, default=default_dest())
     parser.add_argument("--seeds", default="1 2 3", help="fine-tuning seeds (median and min-max over them)")
     args = parser.parse_args(argv)
+    shape = SHAPES[args.shape]
     parts = check_assets(args.assets.resolve())
-    out = args.output_dir.resolve()
+    if shape.teacher_part not in parts:
+        teacher = args.assets.resolve() / shape.teacher_part
+        if not (teacher / "SOURCE.json").is_file():
+            raise UsageError(f"--shape {args.shape} needs the MPNet teacher at {teacher}; fetch it (404 MB) with "
+                             f"python -m minilmv2.tools.assets --dest {args.assets} --mpnet")  # fmt: skip
+        parts[shape.teacher_part] = teacher
+    default_dir = "runs/init_ablation" if args.shape == "quickstart" else f"runs/init_ablation_{args.shape}"
+    out = (args.output_dir or Path(default_dir)).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-
-    corpus = parts["corpus"]
     for init in INITS:
-        distill_dir = out / f"distill_{init}"
-        if not (distill_dir / "trainer_state.json").is_file():
-            env = {**DISTILLATION, "TEACHER_DIR": str(parts["teacher"]), "STUDENT_INIT": init,
-                   "TRAIN_CONFIG": str(corpus / "train_config.json"), "VAL_CONFIG": str(corpus / "val_config.json"),
-                   "EVAL_STEPS": EVAL_EVERY, "OUTPUT_DIR": str(distill_dir)}  # fmt: skip
-            print(f"distilling with STUDENT_INIT={init} ...", flush=True)
-            seconds[f"distillation, {init}"] = run(["bash", "run.sh"], env, out / f"distill_{init}.log")
+        distil(init, shape, parts, out)
     distilled = {init: out / f"distill_{init}" / "student" for init in INITS}
     if not (out / "random_student" / "model.safetensors").is_file():
         save_random_student(distilled["random"], out / "random_student")
     if not (out / "embedding_student" / "model.safetensors").is_file():
-        save_embedding_student(distilled["random"], parts["teacher"], out / "embedding_student")
+        save_embedding_student(distilled["random"], parts[shape.teacher_part], out / "embedding_student")
     models = {
-        "teacher (6 x 384)": parts["teacher"],
+        shape.teacher_name: parts[shape.teacher_part],
         "random student, not distilled": out / "random_student",
         "teacher-embedding student, not distilled": out / "embedding_student",
         "distilled from random init": distilled["random"],
@@ -156,35 +200,32 @@ def main(argv: list[str] | None = None) -> None:
         eval_dir = out / "eval" / f"model{index}"
         for task in tasks:
             env = {**EVALUATION, "SEEDS": args.seeds, "TASKS": task, "MODEL_DIR": str(model_dir),
-                   "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[task]} {COMMON_EXTRA_ARGS}", "PARALLEL": "2",
+                   "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[task]} {COMMON_EXTRA_ARGS}",
                    "OFFLINE_DATA_DIR": str(parts["tasks"]), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
-            print(f"fine-tuning {model} on {task} ...", flush=True)
-            seconds[f"fine-tuning, {model}, {task}"] = run(
-                ["bash", "run_eval.sh"], env, eval_dir.with_suffix(f".{task}.log")
-            )
-            scores.setdefault(model, {})[task] = scores_with_spread(eval_dir)[task]
+            run_stage("init_ablation", f"fine-tuning, {model}, {task}", ["bash", "run_eval.sh"], repo(), out, env)
+            scores.setdefault(model, {})[task] = read_scores(eval_dir)[task]
     floor = majority_class_scores(tasks, parts["tasks"])
     curves = {init: held_out_losses(out / f"distill_{init}") for init in INITS}
-    plot_losses(curves, out / "heldout_loss.png")
-
-    def cell(value: tuple) -> str:
-        median, low, high = value
-        return f"{median:.2f} ({low:.2f}-{high:.2f})" if low is not None else f"{median:.2f}"
+    plot_losses(curves, shape.student_name, out / "heldout_loss.png")
 
     lines = [
-        "# Student initialisation x relation distillation (quickstart shape)",
+        f"# Student initialisation x relation distillation ({args.shape} shape: {shape.student_name})",
         "",
         f"Dev scores x100: median over fine-tuning seeds {args.seeds} (min-max in brackets: the fine-tuning spread).",
         "",
         "| model | " + " | ".join(tasks) + " |",
         "|---" * (len(tasks) + 1) + "|",
     ]
-    lines += [f"| {model} | " + " | ".join(cell(scores[model][t]) for t in tasks) + " |" for model in models]
+    lines += [f"| {model} | " + " | ".join(score_cell(scores[model][t]) for t in tasks) + " |" for model in models]
     lines.append("| majority class | " + " | ".join(f"{floor[t]:.2f}" for t in tasks) + " |")
     lines += ["", "Held-out distillation loss (step: loss):", ""]
     lines += [f"- {init}: " + ", ".join(f"{s}: {v:.4f}" for s, v in points) for init, points in curves.items()]
-    lines += ["", steps_saved(curves) + ".", "", "![held-out loss](heldout_loss.png)", "", "Wall times:", ""]
-    lines += [f"- {name}: {value / 60:.1f} min" for name, value in seconds.items()]
+    tokens = {init: tokens_seen(out / f"distill_{init}") for init in INITS}
+    lines += ["", "Tokens distilled on: " + ", ".join(f"{init} {count:,}" for init, count in tokens.items() if count)]
+    lines += [f"Machine: {machine_description()}."]
+    lines += ["", steps_saved(curves, shape.eval_every) + ".", "", "![held-out loss](heldout_loss.png)", ""]
+    lines += ["Wall times (of the calls that got to their end):", ""]
+    lines += [f"- {name}: {value / 60:.1f} min" for name, value in read_stage_seconds(out).items()]
     (out / "init_ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

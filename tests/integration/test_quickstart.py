@@ -41,22 +41,65 @@ def test_random_student_has_the_shape_but_not_the_weights(tiny_student_dir, tmp_
     assert quickstart.count_parameters(tmp_path / "random") == pytest.approx(random_student.num_parameters() / 1e6)
 
 
-def test_table_and_chart(tmp_path):
-    tasks = ["tweet_sentiment", "bbc_news"]
+TASKS = ["tweet_sentiment", "bbc_news"]
+
+
+def test_table_and_chart_give_the_median_and_the_seed_range(tmp_path):
     scores = {
-        "distilled student": {"tweet_sentiment": 55.0, "bbc_news": 80.0},
-        "random student": {"tweet_sentiment": 45.0, "bbc_news": 50.0},
-        "teacher": {"tweet_sentiment": 70.0, "bbc_news": 96.0},
+        "distilled student": {"tweet_sentiment": (55.0, 54.0, 57.5), "bbc_news": (80.0, 70.25, 81.0)},
+        "random student": {"tweet_sentiment": (45.0, 44.0, 46.0), "bbc_news": (50.0, 45.0, 68.0)},
+        "teacher": {"tweet_sentiment": (70.0, None, None), "bbc_news": (96.0, None, None)},  # one seed: no range
     }
     parameters = {"distilled student": 11.2, "random student": 11.2, "teacher": 22.7}
     floor = {"tweet_sentiment": 42.4, "bbc_news": 22.9}
-    markdown, png = quickstart.write_table(scores, floor, parameters, tasks, ["total 1.0 min"], tmp_path)
+    markdown, png = quickstart.write_table(scores, floor, parameters, TASKS, ["total 1.0 min"], tmp_path)
     text = markdown.read_text()
     assert "| model | parameters | tweet_sentiment | bbc_news | avg |" in text
-    assert "| distilled student | 11.2M | 55.00 | 80.00 | 67.50 |" in text
+    assert "| distilled student | 11.2M | 55.00 (54.00-57.50) | 80.00 (70.25-81.00) | 67.50 |" in text
+    assert "| teacher | 22.7M | 70.00 | 96.00 | 83.00 |" in text
     assert "| majority class | - | 42.40 | 22.90 | 32.65 |" in text
-    assert "Command: `make quickstart`" in text and "MAX_STEPS=" in text
+    assert f"median over fine-tuning seeds {quickstart.EVALUATION['SEEDS']}, min-max in brackets" in text
+    assert "Command: `make quickstart`" in text and "MAX_STEPS=" in text and "Time: total 1.0 min" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quickstart_fine_tunes_with_three_seeds():
+    assert len(quickstart.EVALUATION["SEEDS"].split()) == 3
+
+
+def test_summary_csv_is_read_as_median_and_range(tmp_path):
+    (tmp_path / "summary.csv").write_text(
+        "task,metric,best_dev_score,seed_min,seed_max,best_learning_rate\n"
+        "tweet_sentiment,accuracy,61.16,60.76,62.10,3e-4\n"
+        "bbc_news,accuracy,89.15,,,3e-4\n"
+        "broken,,,,,\n"
+    )
+    assert quickstart.read_scores(tmp_path) == {
+        "tweet_sentiment": (61.16, 60.76, 62.10),
+        "bbc_news": (89.15, None, None),
+    }
+
+
+@pytest.mark.parametrize(
+    ("distilled", "random", "status", "says"),
+    [
+        ((55.0, 54.0, 57.0), (45.0, 44.0, 46.0), 0, "beats the random student's on tweet_sentiment and bbc_news"),
+        ((55.0, 44.0, 57.0), (45.0, 44.0, 46.0), 0, "their seed ranges overlap on tweet_sentiment, bbc_news"),
+        (
+            (45.0, 44.0, 57.0),
+            (45.0, 30.0, 46.0),
+            1,
+            "median does NOT beat the random one's on tweet_sentiment, bbc_news",
+        ),
+        # A better best seed does not rescue a lower median: the exit status looks at medians.
+        ((44.0, 40.0, 99.0), (45.0, 44.0, 46.0), 1, "does NOT beat"),
+    ],
+)
+def test_exit_status_looks_at_medians(distilled, random, status, says):
+    scores = {"distilled student": dict.fromkeys(TASKS, distilled), "random student": dict.fromkeys(TASKS, random)}
+    line, code = quickstart.distillation_verdict(scores, TASKS)
+    assert code == status and says in line
+    assert ("overlap" in line) == (status == 0 and distilled[1] <= random[2])
 
 
 def test_changed_values_start_over_and_same_values_keep(tmp_path, monkeypatch):
