@@ -3,7 +3,7 @@
     python -m minilmv2.tools.headlines [--output_dir runs/headlines] [--assets .assets] [--student DIR]
     SEEDS="1 2 3" make headlines      # several fine-tuning seeds: median and min-max per cell
 
-One fine-tuning seed (42) by default, since each run of the teacher takes about 10 minutes on 2 cores; with
+One fine-tuning seed (42) by default, since the teacher's run alone takes about 12 minutes on 2 cores; with
 `SEEDS` (the environment, or --seeds) each model is fine-tuned once per seed and the table gives the median
 and the min-max over the seeds.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from minilmv2.checkout import require_checkout
 from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.tools.assets import default_dest
-from minilmv2.tools.stages import STAGE_SECONDS_FILE, read_stage_seconds, run_stage
+from minilmv2.tools.stages import STAGE_SECONDS_FILE, parse_seeds, read_stage_seconds, run_stage
 
 
 def repo() -> Path:
@@ -77,16 +77,14 @@ DEFAULT_SEEDS = "42"
 METRICS = ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_loss")
 
 
-def parse_seeds(text: str) -> list[int]:
-    """The fine-tuning seeds of "1 2 3" (spaces or commas); UsageError in one line for anything else."""
-    words = text.replace(",", " ").split()
-    if not words or not all(word.isdigit() for word in words) or len(set(words)) != len(words):
-        raise UsageError(f'SEEDS={text!r} must be distinct whole numbers separated by spaces, e.g. SEEDS="1 2 3"')
-    return [int(word) for word in words]
-
-
 def stage_title(model: str, seed: int, seeds: list[int]) -> str:
     return f"fine-tune and decode the {model}" + (f", seed {seed}" if len(seeds) > 1 else "")
+
+
+def command_line(seeds: list[int]) -> str:
+    """The command that makes this table: `make headlines`, with its SEEDS unless they are the default."""
+    given = " ".join(map(str, seeds))
+    return "make headlines" if given == DEFAULT_SEEDS else f'SEEDS="{given}" make headlines'
 
 
 def median_and_range(values: list[float]) -> tuple[float, float | None, float | None]:
@@ -249,7 +247,7 @@ def write_table(
             "",
             *lines,
             "",
-            f"Command: `make headlines`. Machine: {machine_description()}.",
+            f"Command: `{command_line(seeds)}`. Machine: {machine_description()}.",
             time_line,
             "",
             "hf_run_seq2seq.py arguments: `" + " ".join(HEADLINE_ARGS) + "` and `--seed` per run",
@@ -273,7 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--student", type=Path, default=None, help="a distilled student to use instead")
     parser.add_argument("--seeds", default=None, help=f"fine-tuning seeds (default $SEEDS, else {DEFAULT_SEEDS})")
     args = parser.parse_args(argv)
-    seeds = parse_seeds(args.seeds or os.environ.get("SEEDS") or DEFAULT_SEEDS)
+    if args.seeds is not None:
+        seeds = parse_seeds(args.seeds, "--seeds")
+    else:
+        seeds = parse_seeds(os.environ.get("SEEDS") or DEFAULT_SEEDS, "SEEDS")
     parts = quickstart.check_assets(args.assets.resolve())
     if args.student is not None and not (args.student / "config.json").is_file():
         raise UsageError(f"--student {str(args.student)!r} is not a model directory (no config.json)")

@@ -6,7 +6,8 @@ Two shapes (--shape):
 - `quickstart`: the packaged 6 x 384 teacher -> 4 x 256 at the quickstart's budget (600 steps; values in
   minilmv2/tools/quickstart.py);
 - `paper`: the paper's shape, offline: the 12 x 768 MPNet teacher (`python -m minilmv2.tools.assets --mpnet`) ->
-  6 x 384 x 12 heads, A_r 48, its last layer, at one hour of this project's 2-core CPU per init (PAPER_SHAPE below).
+  6 x 384 x 12 heads, A_r 48, its last layer, 1,000 steps per init: about an hour of this project's 2-core CPU
+  with native bf16 (PAPER_SHAPE below).
 
 For a shape, this:
 
@@ -20,13 +21,15 @@ For a shape, this:
    the random start's final loss, tokens and wall times) and `heldout_loss.png` into --output_dir.
 
     python -m minilmv2.tools.init_ablation [--shape quickstart|paper] [--output_dir runs/init_ablation]
-                                           [--seeds "1 2 3"]
+                                           [--seeds "1 2 3"] [--teacher_seeds "1"]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +49,10 @@ from minilmv2.tools.quickstart import (
     save_random_student,
     score_cell,
 )
-from minilmv2.tools.stages import read_stage_seconds, run_stage
+from minilmv2.tools.stages import parse_seeds, read_stage_seconds, run_stage
 
 INITS = ("random", "teacher_embeddings")
+VALUES_FILE = "ablation_values.json"
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,33 @@ def distil(init: str, shape: Shape, parts: dict[str, Path], out: Path) -> None:
     if distill_dir.is_dir() and complete_checkpoints(distill_dir):
         env["RESUME"] = "latest"
         title += f", resumed from {complete_checkpoints(distill_dir)[-1].name}"
+    else:
+        shutil.rmtree(distill_dir, ignore_errors=True)  # killed before its first complete checkpoint: start over
     run_stage("init_ablation", title, ["bash", "run.sh"], repo(), out, env)
+
+
+def check_values(out: Path, values: dict) -> None:
+    """Refuse (one line) an --output_dir that holds an ablation made with other values; record them otherwise."""
+    recorded = out / VALUES_FILE
+    if recorded.is_file() and json.loads(recorded.read_text()) != values:
+        raise UsageError(
+            f"--output_dir {str(out)!r} holds an ablation made with other values ({recorded.name}: shape "
+            f"{json.loads(recorded.read_text()).get('shape')!r}); give another --output_dir or remove that one"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(values, indent=2) + "\n")
+
+
+def check_seed_count(eval_dir: Path, task: str, seeds: str) -> None:
+    """A sweep's summary covers every run in its folder: refuse a table whose median would mix in seeds of an
+    earlier call (say --seeds "1 2 3" then "1")."""
+    with (eval_dir / "summary.csv").open(newline="") as handle:
+        counts = {row["task"]: row["seeds"] for row in csv.DictReader(handle) if row["metric"]}
+    if counts.get(task) != str(len(seeds.split())):
+        raise UsageError(
+            f"{eval_dir / task} holds runs of {counts.get(task)} seeds, not the {len(seeds.split())} asked for "
+            f"({seeds}); give the same seeds as before or another --output_dir"
+        )
 
 
 def tokens_seen(distill_dir: Path) -> int | None:
@@ -168,8 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", type=Path, default=None, help="default runs/init_ablation[_paper]")
     parser.add_argument("--assets", type=Path, default=default_dest())
     parser.add_argument("--seeds", default="1 2 3", help="fine-tuning seeds (median and min-max over them)")
+    parser.add_argument("--teacher_seeds", default=None, help="the teacher's, where its runs take too long (--seeds)")
     args = parser.parse_args(argv)
     shape = SHAPES[args.shape]
+    parse_seeds(args.seeds, "--seeds")
+    if args.teacher_seeds is not None:
+        parse_seeds(args.teacher_seeds, "--teacher_seeds")
     parts = check_assets(args.assets.resolve())
     if shape.teacher_part not in parts:
         teacher = args.assets.resolve() / shape.teacher_part
@@ -179,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         parts[shape.teacher_part] = teacher
     default_dir = "runs/init_ablation" if args.shape == "quickstart" else f"runs/init_ablation_{args.shape}"
     out = (args.output_dir or Path(default_dir)).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_values(out, {"shape": args.shape, "distillation": {**DISTILLATION, **shape.distillation},
+                       "eval_every": shape.eval_every})  # fmt: skip
     for init in INITS:
         distil(init, shape, parts, out)
     distilled = {init: out / f"distill_{init}" / "student" for init in INITS}
@@ -196,13 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     }
     tasks = list(TASK_EXTRA_ARGS)
     scores: dict[str, dict[str, tuple]] = {}
-    for index, (model, model_dir) in enumerate(models.items()):
-        eval_dir = out / "eval" / f"model{index}"
+    teacher_seeds = args.teacher_seeds or args.seeds
+    # The students first: at the paper's shape the teacher (the ceiling) is the costliest to fine-tune.
+    for model in [*list(models)[1:], shape.teacher_name]:
+        eval_dir = out / "eval" / f"model{list(models).index(model)}"
         for task in tasks:
-            env = {**EVALUATION, "SEEDS": args.seeds, "TASKS": task, "MODEL_DIR": str(model_dir),
+            seeds = teacher_seeds if model == shape.teacher_name else args.seeds
+            env = {**EVALUATION, "SEEDS": seeds, "TASKS": task, "MODEL_DIR": str(models[model]),
                    "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[task]} {COMMON_EXTRA_ARGS}",
                    "OFFLINE_DATA_DIR": str(parts["tasks"]), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
             run_stage("init_ablation", f"fine-tuning, {model}, {task}", ["bash", "run_eval.sh"], repo(), out, env)
+            check_seed_count(eval_dir, task, seeds)
             scores.setdefault(model, {})[task] = read_scores(eval_dir)[task]
     floor = majority_class_scores(tasks, parts["tasks"])
     curves = {init: held_out_losses(out / f"distill_{init}") for init in INITS}
@@ -211,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"# Student initialisation x relation distillation ({args.shape} shape: {shape.student_name})",
         "",
-        f"Dev scores x100: median over fine-tuning seeds {args.seeds} (min-max in brackets: the fine-tuning spread).",
+        f"Dev scores x100: median over fine-tuning seeds {args.seeds} (min-max in brackets: the fine-tuning spread)"
+        + (f"; the teacher: seeds {teacher_seeds}." if teacher_seeds != args.seeds else "."),
         "",
         "| model | " + " | ".join(tasks) + " |",
         "|---" * (len(tasks) + 1) + "|",
@@ -221,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "Held-out distillation loss (step: loss):", ""]
     lines += [f"- {init}: " + ", ".join(f"{s}: {v:.4f}" for s, v in points) for init, points in curves.items()]
     tokens = {init: tokens_seen(out / f"distill_{init}") for init in INITS}
-    lines += ["", "Tokens distilled on: " + ", ".join(f"{init} {count:,}" for init, count in tokens.items() if count)]
+    counts = ", ".join(f"{init} {count:,}" if count else f"{init} not recorded" for init, count in tokens.items())
+    lines += ["", f"Tokens distilled on: {counts}."]
     lines += [f"Machine: {machine_description()}."]
     lines += ["", steps_saved(curves, shape.eval_every) + ".", "", "![held-out loss](heldout_loss.png)", ""]
     lines += ["Wall times (of the calls that got to their end):", ""]

@@ -6,13 +6,14 @@
    student on the offline Wikipedia + books corpus, through `run.sh`;
 2. saves a randomly initialised student of the same shape (the "no distillation" control);
 3. fine-tunes and scores the distilled student, the random student and the teacher on two offline tasks
-   (tweet_sentiment, bbc_news), through `run_eval.sh`, all with the same fine-tuning values;
+   (tweet_sentiment, bbc_news), through `run_eval.sh`, all with the same fine-tuning values and 3 seeds;
 4. prints one table and writes it as markdown and PNG.
 
 Every value it trains and scores with is in the QUICKSTART VALUES block below: the variables of run.sh and
 run_eval.sh, passed as they are. A second run reuses the stages that finished with the same values (so an
-interrupted quickstart resumes); change a value and the quickstart starts over. The exit status is 1 when the
-distilled student does not beat the random one on every task, since showing that is the point.
+interrupted quickstart resumes); change a value and the quickstart starts over. Each model is fine-tuned with
+three seeds; the table gives the median and the min-max. The exit status is 1 when the distilled student's median
+does not beat the random one's on every task, since showing that is the point.
 """
 
 from __future__ import annotations
@@ -248,8 +249,10 @@ def write_table(
         positions = [task_index + (index - (len(MODELS) - 1) / 2) * width for task_index in range(len(tasks))]
         medians = [scores[model][task][0] for task in tasks]
         # Error bars: the min-max over fine-tuning seeds (none with one seed).
-        spread = [[m - (scores[model][t][1] or m) for m, t in zip(medians, tasks, strict=True)],
-                  [(scores[model][t][2] or m) - m for m, t in zip(medians, tasks, strict=True)]]  # fmt: skip
+        lows = [m if scores[model][t][1] is None else scores[model][t][1] for m, t in zip(medians, tasks, strict=True)]
+        highs = [m if scores[model][t][2] is None else scores[model][t][2] for m, t in zip(medians, tasks, strict=True)]
+        spread = [[m - low for m, low in zip(medians, lows, strict=True)],
+                  [high - m for m, high in zip(medians, highs, strict=True)]]  # fmt: skip
         bars = axes.bar(positions, medians, width, yerr=spread, capsize=3, label=model)
         axes.bar_label(bars, fmt="%.1f", fontsize=8, padding=6)
     for task_index, task in enumerate(tasks):
@@ -367,7 +370,8 @@ def distillation_verdict(scores: dict[str, dict[str, Score]], tasks: list[str]) 
     losing = [task for task in tasks if distilled[task][0] <= random[task][0]]
     if losing:
         return f"quickstart: the distilled student's median does NOT beat the random one's on {', '.join(losing)}", 1
-    overlap = [t for t in tasks if distilled[t][1] is not None and distilled[t][1] <= (random[t][2] or random[t][0])]
+    overlap = [t for t in tasks if distilled[t][1] is not None and random[t][2] is not None
+               and distilled[t][1] <= random[t][2]]  # fmt: skip
     line = "distillation works: the distilled student's median beats the random student's on " + " and ".join(tasks)
     if overlap:
         line += f" (their seed ranges overlap on {', '.join(overlap)})"

@@ -17,7 +17,8 @@ def run_stage(
     tool: str, title: str, command: list[str], cwd: Path, out_dir: Path, env_values: dict[str, str] | None = None
 ) -> None:
     """Run `command` in `cwd` with `env_values` added to the environment (offline); SystemExit naming `tool` and
-    the stage when it fails (its output is already on the screen)."""
+    the stage when it fails (its output is already on the screen). Its wall time is added to the stage's in
+    stage_seconds.json (an interrupted call's time is not recorded)."""
     env_values = env_values or {}
     print(f"\n=== {title} ===", flush=True)
     print(" ".join([*(f"{key}={value!r}" for key, value in env_values.items()), *command]), flush=True)
@@ -26,8 +27,19 @@ def run_stage(
     if result.returncode != 0:
         raise SystemExit(f"{tool}: {title} failed (exit {result.returncode}); its output is above")
     seconds = read_stage_seconds(out_dir)
-    seconds[title] = time.perf_counter() - start
+    # Added, not replaced: a resumed tool that reruns a stage (finished runs kept) must not hide the first call's time.
+    seconds[title] = seconds.get(title, 0.0) + time.perf_counter() - start
     (out_dir / STAGE_SECONDS_FILE).write_text(json.dumps(seconds, indent=2) + "\n")
+
+
+def parse_seeds(text: str, name: str = "SEEDS") -> list[int]:
+    """The fine-tuning seeds of "1 2 3" (spaces or commas), given as `name`; UsageError in one line otherwise."""
+    from minilmv2.errors import UsageError
+
+    words = text.replace(",", " ").split()
+    if not words or not all(word.isdigit() for word in words) or len(set(words)) != len(words):
+        raise UsageError(f'{name} {text!r} must be distinct whole numbers separated by spaces, e.g. "1 2 3"')
+    return [int(word) for word in words]
 
 
 def read_stage_seconds(out_dir: Path) -> dict[str, float]:

@@ -8,7 +8,7 @@ import pytest
 
 from minilmv2.errors import UsageError
 from minilmv2.tools import headlines
-from minilmv2.tools.stages import STAGE_SECONDS_FILE
+from minilmv2.tools.stages import STAGE_SECONDS_FILE, parse_seeds
 
 
 def test_table_rows_hold_each_model_scores_loss_and_minutes(tmp_path):
@@ -34,7 +34,7 @@ def test_table_rows_hold_each_model_scores_loss_and_minutes(tmp_path):
     assert "Dev split of bbc_news (212 articles)" in text
     assert "Time: 16.0 min in all (distillation 10.0 min of it)." in text
     assert " ".join(headlines.HEADLINE_ARGS) in text
-    assert "One fine-tuning seed (42): no spread" in text
+    assert "One fine-tuning seed (42): no spread" in text and "Command: `make headlines`" in text
 
     del seconds["distillation (run.sh, the quickstart's values)"]  # a reused student: no distillation this run
     (tmp_path / STAGE_SECONDS_FILE).write_text(json.dumps(seconds))
@@ -60,21 +60,22 @@ def test_several_seeds_give_the_median_and_range_and_all_seeds_time(tmp_path):
     cells = "4.20 (2.80-4.90) | 0.50 (0.50-0.50) | 4.00 (4.00-4.00) | 6.200 (6.100-6.300)"
     assert row == f"| distilled student | 11.2M | {cells} | 3.0 |"
     assert "the median over fine-tuning seeds 1 2 3, min-max in brackets" in text
+    assert 'Command: `SEEDS="1 2 3" make headlines`' in text
     assert headlines.stage_title("teacher", 2, seeds) == "fine-tune and decode the teacher, seed 2"
     assert headlines.stage_title("teacher", 42, [42]) == "fine-tune and decode the teacher"
 
 
 def test_seeds_are_parsed_or_refused_in_one_line(tmp_path, capsys, monkeypatch):
-    assert headlines.parse_seeds("1 2 3") == [1, 2, 3]
-    assert headlines.parse_seeds("7,8") == [7, 8]
+    assert parse_seeds("1 2 3") == [1, 2, 3]
+    assert parse_seeds("7,8") == [7, 8]
     monkeypatch.setenv("SEEDS", "1 two")
     with pytest.raises(SystemExit) as exit_info:
         headlines.main(["--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: SEEDS='1 two' must be distinct whole numbers separated by spaces, e.g. SEEDS=\"1 2 3\""
+        "error: SEEDS '1 two' must be distinct whole numbers separated by spaces, e.g. \"1 2 3\""
     )
     assert not (tmp_path / "out").exists()
     for bad in ("", "1 1", "-3"):
         with pytest.raises(UsageError):
-            headlines.parse_seeds(bad)
+            parse_seeds(bad)

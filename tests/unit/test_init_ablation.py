@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from minilmv2.checkpoints import COMPLETE_MARKER
+from minilmv2.errors import UsageError
 from minilmv2.tools import init_ablation
 
 
@@ -61,3 +64,67 @@ def test_tokens_and_losses_come_from_the_trainer_state(tmp_path):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
     assert init_ablation.tokens_seen(tmp_path) == 409600
     assert init_ablation.held_out_losses(tmp_path) == [(100, 0.8), (200, 0.6)]
+
+
+@pytest.fixture
+def recorded_stages(monkeypatch):
+    """init_ablation's stage runner, recording (title, environment) instead of running run.sh for an hour."""
+    calls = []
+    monkeypatch.setattr(init_ablation, "run_stage", lambda tool, title, cmd, cwd, out, env: calls.append((title, env)))
+    monkeypatch.setattr(init_ablation, "repo", lambda: Path("."))
+    return calls
+
+
+def test_distil_resumes_a_complete_checkpoint_and_restarts_a_run_without_one(tmp_path, recorded_stages):
+    parts = {"teacher": tmp_path / "teacher", "corpus": tmp_path / "corpus"}
+    shape = init_ablation.SHAPES["quickstart"]
+    # Killed while saving its only checkpoint: no complete one, so the folder goes and the run starts afresh.
+    (tmp_path / "distill_random" / "checkpoint-100").mkdir(parents=True)
+    init_ablation.distil("random", shape, parts, tmp_path)
+    title, env = recorded_stages[-1]
+    assert title == "distillation, STUDENT_INIT=random" and "RESUME" not in env
+    assert not (tmp_path / "distill_random").exists()
+    assert env["STUDENT_INIT"] == "random" and env["EVAL_STEPS"] == "100" and env["MAX_STEPS"] == "600"
+
+    checkpoint = tmp_path / "distill_teacher_embeddings" / "checkpoint-200"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / COMPLETE_MARKER).write_text("")  # the save finished
+    (checkpoint.parent / "checkpoint-400").mkdir()  # killed while saving: not complete, not the one resumed
+    init_ablation.distil("teacher_embeddings", init_ablation.SHAPES["paper"], {**parts, "mpnet_teacher": tmp_path},
+                         tmp_path)  # fmt: skip
+    title, env = recorded_stages[-1]
+    assert title == "distillation, STUDENT_INIT=teacher_embeddings, resumed from checkpoint-200"
+    assert env["RESUME"] == "latest" and env["MAX_STEPS"] == "1000" and env["NUM_RELATION_HEADS"] == "48"
+    assert checkpoint.is_dir()
+
+    (tmp_path / "distill_random" / "student").mkdir(parents=True)
+    (tmp_path / "distill_random" / "trainer_state.json").write_text("{}")
+    calls = len(recorded_stages)
+    init_ablation.distil("random", shape, parts, tmp_path)
+    assert len(recorded_stages) == calls, "a finished distillation is not run again"
+
+
+def test_an_output_dir_of_other_values_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    init_ablation.check_values(out, {"shape": "quickstart", "distillation": {"MAX_STEPS": "600"}})
+    init_ablation.check_values(out, {"shape": "quickstart", "distillation": {"MAX_STEPS": "600"}})  # same: kept
+    with pytest.raises(UsageError, match=r"holds an ablation made with other values \(ablation_values.json: shape "
+                                         r"'quickstart'\); give another --output_dir"):  # fmt: skip
+        init_ablation.check_values(out, {"shape": "paper", "distillation": {"MAX_STEPS": "1000"}})
+    assert json.loads((out / init_ablation.VALUES_FILE).read_text())["shape"] == "quickstart"
+
+
+def test_a_summary_with_other_seeds_than_asked_is_refused(tmp_path):
+    (tmp_path / "summary.csv").write_text("task,metric,best_dev_score,seeds,seed_min,seed_max\n"
+                                          "bbc_news,accuracy,90.0,3,88.0,91.0\n")  # fmt: skip
+    init_ablation.check_seed_count(tmp_path, "bbc_news", "1 2 3")
+    with pytest.raises(UsageError, match=r"holds runs of 3 seeds, not the 1 asked for \(1\)"):
+        init_ablation.check_seed_count(tmp_path, "bbc_news", "1")
+
+
+def test_bad_seeds_are_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        init_ablation.main(["--teacher_seeds", "one", "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("error: --teacher_seeds 'one' must be distinct whole numbers")
+    assert not (tmp_path / "out").exists()

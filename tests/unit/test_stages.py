@@ -21,3 +21,9 @@ def test_a_failed_stage_stops_the_tool_naming_it(tmp_path):
     with pytest.raises(SystemExit, match=r"^tool: broken stage failed \(exit 3\); its output is above$"):
         run_stage("tool", "broken stage", ["bash", "-c", "exit 3"], tmp_path, tmp_path)
     assert read_stage_seconds(tmp_path) == {}
+
+
+def test_a_rerun_stage_adds_its_time_to_the_first_calls(tmp_path):
+    run_stage("tool", "slow stage", ["sleep", "0.3"], tmp_path, tmp_path)
+    run_stage("tool", "slow stage", ["sleep", "0.2"], tmp_path, tmp_path)  # a resumed tool runs the stage again
+    assert read_stage_seconds(tmp_path)["slow stage"] >= 0.5
