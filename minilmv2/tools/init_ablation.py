@@ -153,9 +153,10 @@ def distil(init: str, shape: Shape, parts: dict[str, Path], out: Path) -> None:
            "VAL_CONFIG": str(corpus / "val_config.json"), "EVAL_STEPS": str(shape.eval_every),
            "OUTPUT_DIR": str(distill_dir)}  # fmt: skip
     title = f"distillation, STUDENT_INIT={init}"
-    if distill_dir.is_dir() and complete_checkpoints(distill_dir):
+    complete = complete_checkpoints(distill_dir)
+    if complete:
         env["RESUME"] = "latest"
-        title += f", resumed from {complete_checkpoints(distill_dir)[-1].name}"
+        title += f", resumed from {complete[-1].name}"
     else:
         shutil.rmtree(distill_dir, ignore_errors=True)  # killed before its first complete checkpoint: start over
     run_stage("init_ablation", title, ["bash", "run.sh"], repo(), out, env)
