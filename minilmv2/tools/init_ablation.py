@@ -18,10 +18,16 @@ For a shape, this:
    through run_eval.sh with 3 fine-tuning seeds (median and min-max), beside the majority class (finished runs
    are kept, so a second call goes on where the first stopped);
 4. writes `init_ablation.md` (the table, the held-out losses, the steps the teacher-embedding start saves to reach
-   the random start's final loss, tokens and wall times) and `heldout_loss.png` into --output_dir.
+   the random start's final loss, tokens, machines and wall times) and `heldout_loss.png` into --output_dir.
+
+--models runs some rows only (and the distillations they need); the table shows the others where an earlier call
+scored them. Where a machine cannot keep the models from one call to the next (the paper's shape needs about four
+hours of a 2-core CPU), --copy_results_to keeps the table's inputs (kilobytes), and a later call on an output
+folder seeded from them (`cp -r DIR OUT`) scores the remaining rows.
 
     python -m minilmv2.tools.init_ablation [--shape quickstart|paper] [--output_dir runs/init_ablation]
-                                           [--seeds "1 2 3"] [--teacher_seeds "1"]
+                                           [--seeds "1 2 3"] [--teacher_seeds "1"] [--models KEY ...]
+                                           [--copy_results_to DIR]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from minilmv2.tools.quickstart import (
     DISTILLATION,
     EVALUATION,
     TASK_EXTRA_ARGS,
+    Score,
     check_assets,
     machine_description,
     majority_class_scores,
@@ -49,10 +56,12 @@ from minilmv2.tools.quickstart import (
     save_random_student,
     score_cell,
 )
-from minilmv2.tools.stages import parse_seeds, read_stage_seconds, run_stage
+from minilmv2.tools.stages import STAGE_SECONDS_FILE, parse_seeds, read_stage_seconds, run_stage
 
 INITS = ("random", "teacher_embeddings")
 VALUES_FILE = "ablation_values.json"
+MACHINES_FILE = "machines.json"
+MODEL_KEYS = ("teacher", "random_student", "embedding_student", "distilled_random", "distilled_teacher_embeddings")
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,72 @@ def tokens_seen(distill_dir: Path) -> int | None:
     return int(counts[-1]) if counts else None
 
 
+def model_labels(shape: Shape) -> dict[str, str]:
+    """The table's rows in order, by the key --models takes. The eval folder of a row is eval/<key>."""
+    return {
+        "teacher": shape.teacher_name,
+        "random_student": "random student, not distilled",
+        "embedding_student": "teacher-embedding student, not distilled",
+        "distilled_random": "distilled from random init",
+        "distilled_teacher_embeddings": "distilled from teacher-embedding init",
+    }
+
+
+def inits_to_distil(models: list[str], out: Path) -> list[str]:
+    """The distillations `models` need: their own, and one for the undistilled students' config and tokenizer
+    when no distilled student is there to take them from."""
+    inits = [init for init in INITS if f"distilled_{init}" in models]
+    undistilled = {"random_student", "embedding_student"} & set(models)
+    if undistilled and not inits and not any((out / f"distill_{init}" / "student").is_dir() for init in INITS):
+        inits = ["random"]
+    return inits
+
+
+def record_machine(out: Path, what: str) -> None:
+    """machines.json {model key or distill_<init>: this machine}: an ablation finished in several calls (on
+    several machines) says where each row was made."""
+    path = out / MACHINES_FILE
+    machines = json.loads(path.read_text()) if path.is_file() else {}
+    machines[what] = machine_description()
+    path.write_text(json.dumps(machines, indent=2) + "\n")
+
+
+def copy_results(out: Path, dest: Path) -> list[Path]:
+    """Copy what the table is made of (values, held-out losses, sweep summaries, times, machines, the table and
+    its plot: kilobytes, no model) from `out` into `dest`, same layout: an output folder seeded from that copy
+    (cp -r DEST OUT) goes on where `out` stopped, without the models already scored."""
+    patterns = [VALUES_FILE, STAGE_SECONDS_FILE, MACHINES_FILE, "init_ablation.md", "heldout_loss.png",
+                "distill_*/trainer_state.json", "eval/*/summary.csv", "eval/*/summary.md"]  # fmt: skip
+    copied = []
+    for pattern in patterns:
+        for source in sorted(out.glob(pattern)):
+            target = dest / source.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            copied.append(target)
+    return copied
+
+
+def model_paths(shape: Shape, parts: dict[str, Path], out: Path) -> dict[str, Path]:
+    """{model key: the folder run_eval.sh fine-tunes}."""
+    return {
+        "teacher": parts[shape.teacher_part],
+        "random_student": out / "random_student",
+        "embedding_student": out / "embedding_student",
+        **{f"distilled_{init}": out / f"distill_{init}" / "student" for init in INITS},
+    }
+
+
+def fine_tune(title: str, model_dir: Path, task: str, seeds: str, parts: dict[str, Path], eval_dir: Path) -> None:
+    """One row's runs of one task through run_eval.sh (finished runs in `eval_dir` are kept), with the quickstart's
+    fine-tuning values. Two runs at a time share the cores; a lone run (one seed) gets them both."""
+    env = {**EVALUATION, "SEEDS": seeds, "PARALLEL": str(min(int(EVALUATION["PARALLEL"]), len(seeds.split()))),
+           "TASKS": task, "MODEL_DIR": str(model_dir), "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[task]} {COMMON_EXTRA_ARGS}",
+           "OFFLINE_DATA_DIR": str(parts["tasks"]), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
+    run_stage("init_ablation", title, ["bash", "run_eval.sh"], repo(), eval_dir.parent.parent, env)
+    check_seed_count(eval_dir, task, seeds)
+
+
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -201,6 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--assets", type=Path, default=default_dest())
     parser.add_argument("--seeds", default="1 2 3", help="fine-tuning seeds (median and min-max over them)")
     parser.add_argument("--teacher_seeds", default=None, help="the teacher's, where its runs take too long (--seeds)")
+    parser.add_argument("--models", nargs="+", choices=MODEL_KEYS, default=list(MODEL_KEYS),
+                        help="the rows to distil and score in this call (default all); the table shows the others "
+                             "where an earlier call scored them")  # fmt: skip
+    parser.add_argument("--copy_results_to", type=Path, default=None,
+                        help="also copy the table's inputs (no model) there, to go on elsewhere")  # fmt: skip
     args = parser.parse_args(argv)
     shape = SHAPES[args.shape]
     parse_seeds(args.seeds, "--seeds")
@@ -217,37 +297,57 @@ def main(argv: list[str] | None = None) -> None:
     out = (args.output_dir or Path(default_dir)).resolve()
     check_values(out, {"shape": args.shape, "distillation": {**DISTILLATION, **shape.distillation},
                        "eval_every": shape.eval_every})  # fmt: skip
-    for init in INITS:
+    for init in inits_to_distil(args.models, out):
         distil(init, shape, parts, out)
-    distilled = {init: out / f"distill_{init}" / "student" for init in INITS}
-    if not (out / "random_student" / "model.safetensors").is_file():
-        save_random_student(distilled["random"], out / "random_student")
-    if not (out / "embedding_student" / "model.safetensors").is_file():
-        save_embedding_student(distilled["random"], parts[shape.teacher_part], out / "embedding_student")
-    models = {
-        shape.teacher_name: parts[shape.teacher_part],
-        "random student, not distilled": out / "random_student",
-        "teacher-embedding student, not distilled": out / "embedding_student",
-        "distilled from random init": distilled["random"],
-        "distilled from teacher-embedding init": distilled["teacher_embeddings"],
-    }
+        record_machine(out, f"distill_{init}")
+    paths = model_paths(shape, parts, out)
+    # The undistilled students take a distilled student's config and tokenizer (the same for both inits).
+    config_source = next((path for key, path in paths.items() if key.startswith("distilled_") and path.is_dir()), None)
+    if "random_student" in args.models and not (paths["random_student"] / "model.safetensors").is_file():
+        save_random_student(config_source, paths["random_student"])
+    if "embedding_student" in args.models and not (paths["embedding_student"] / "model.safetensors").is_file():
+        save_embedding_student(config_source, parts[shape.teacher_part], paths["embedding_student"])
     tasks = list(TASK_EXTRA_ARGS)
-    scores: dict[str, dict[str, tuple]] = {}
     teacher_seeds = args.teacher_seeds or args.seeds
     # The students first: at the paper's shape the teacher (the ceiling) is the costliest to fine-tune.
-    for model in [*list(models)[1:], shape.teacher_name]:
-        eval_dir = out / "eval" / f"model{list(models).index(model)}"
+    for key in sorted(args.models, key=lambda key: (key == "teacher", MODEL_KEYS.index(key))):
+        seeds = teacher_seeds if key == "teacher" else args.seeds
         for task in tasks:
-            seeds = teacher_seeds if model == shape.teacher_name else args.seeds
-            env = {**EVALUATION, "SEEDS": seeds, "TASKS": task, "MODEL_DIR": str(models[model]),
-                   "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[task]} {COMMON_EXTRA_ARGS}",
-                   "OFFLINE_DATA_DIR": str(parts["tasks"]), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
-            run_stage("init_ablation", f"fine-tuning, {model}, {task}", ["bash", "run_eval.sh"], repo(), out, env)
-            check_seed_count(eval_dir, task, seeds)
-            scores.setdefault(model, {})[task] = read_scores(eval_dir)[task]
-    floor = majority_class_scores(tasks, parts["tasks"])
-    curves = {init: held_out_losses(out / f"distill_{init}") for init in INITS}
-    plot_losses(curves, shape.student_name, out / "heldout_loss.png")
+            fine_tune(
+                f"fine-tuning, {model_labels(shape)[key]}, {task}", paths[key], task, seeds, parts, out / "eval" / key
+            )
+        record_machine(out, key)
+    write_report(args, shape, out, tasks, teacher_seeds)
+    if args.copy_results_to is not None:
+        copied = copy_results(out, args.copy_results_to.resolve())
+        print(f"copied {len(copied)} files (the table's inputs) into {args.copy_results_to}")
+
+
+def table_scores(out: Path, keys: list[str], tasks: list[str], seeds: dict[str, str]) -> dict[str, dict[str, Score]]:
+    """{model key: {task: score}} of the rows scored so far (this call or an earlier one), each checked to cover
+    the seeds asked for it."""
+    scores = {}
+    for key in keys:
+        eval_dir = out / "eval" / key
+        if (eval_dir / "summary.csv").is_file():
+            for task in tasks:
+                check_seed_count(eval_dir, task, seeds[key])
+            scores[key] = read_scores(eval_dir)
+    return scores
+
+
+def write_report(args: argparse.Namespace, shape: Shape, out: Path, tasks: list[str], teacher_seeds: str) -> None:
+    """init_ablation.md and heldout_loss.png in `out`, from every row and distillation there so far; printed."""
+    labels = model_labels(shape)
+    seeds = {key: teacher_seeds if key == "teacher" else args.seeds for key in labels}
+    scores = table_scores(out, list(labels), tasks, seeds)
+    floor = majority_class_scores(tasks, args.assets.resolve() / "tasks")
+    curves = {init: held_out_losses(out / f"distill_{init}") for init in INITS
+              if (out / f"distill_{init}" / "trainer_state.json").is_file()}  # fmt: skip
+    if curves:
+        plot_losses(curves, shape.student_name, out / "heldout_loss.png")
+    machines_path = out / MACHINES_FILE
+    machines = json.loads(machines_path.read_text()) if machines_path.is_file() else {}
 
     lines = [
         f"# Student initialisation x relation distillation ({args.shape} shape: {shape.student_name})",
@@ -258,16 +358,24 @@ def main(argv: list[str] | None = None) -> None:
         "| model | " + " | ".join(tasks) + " |",
         "|---" * (len(tasks) + 1) + "|",
     ]
-    lines += [f"| {model} | " + " | ".join(score_cell(scores[model][t]) for t in tasks) + " |" for model in models]
+    for key, label in labels.items():
+        cells = [score_cell(scores[key][task]) if key in scores else "not run yet" for task in tasks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| majority class | " + " | ".join(f"{floor[t]:.2f}" for t in tasks) + " |")
     lines += ["", "Held-out distillation loss (step: loss):", ""]
     lines += [f"- {init}: " + ", ".join(f"{s}: {v:.4f}" for s, v in points) for init, points in curves.items()]
-    tokens = {init: tokens_seen(out / f"distill_{init}") for init in INITS}
+    tokens = {init: tokens_seen(out / f"distill_{init}") for init in curves}
     counts = ", ".join(f"{init} {count:,}" if count else f"{init} not recorded" for init, count in tokens.items())
     lines += ["", f"Tokens distilled on: {counts}."]
-    lines += [f"Machine: {machine_description()}."]
-    lines += ["", steps_saved(curves, shape.eval_every) + ".", "", "![held-out loss](heldout_loss.png)", ""]
-    lines += ["Wall times (of the calls that got to their end):", ""]
+    if len(set(machines.values())) > 1:
+        lines += ["", "Machines (the runs were split over several calls):", ""]
+        names = {**labels, **{f"distill_{init}": f"distillation, STUDENT_INIT={init}" for init in INITS}}
+        lines += [f"- {names.get(what, what)}: {machine}" for what, machine in machines.items()]
+    else:
+        lines += [f"Machine: {next(iter(machines.values()), machine_description())}."]
+    if set(curves) == set(INITS):
+        lines += ["", steps_saved(curves, shape.eval_every) + "."]
+    lines += ["", "![held-out loss](heldout_loss.png)", "", "Wall times (of the calls that got to their end):", ""]
     lines += [f"- {name}: {value / 60:.1f} min" for name, value in read_stage_seconds(out).items()]
     (out / "init_ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -39,19 +39,20 @@ def repo() -> Path:
     return require_checkout("python -m minilmv2.tools.quickstart", "run.sh and run_eval.sh", "make quickstart")
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16). Elsewhere (an AVX2-only EPYC, say) bf16
-    autocast is emulated: a teacher forward took 5x longer than in fp32 on one such machine."""
+def native_bf16_flags() -> list[str]:
+    """This CPU's flags for native bf16 multiplies (AMX-BF16, AVX512-BF16); [] where it has none or /proc/cpuinfo
+    cannot be read. Elsewhere (an AVX2-only EPYC, say) bf16 autocast is emulated: a teacher forward took 5x longer
+    than in fp32 on one such machine."""
     try:
         with open("/proc/cpuinfo") as handle:
             flags = set(handle.read().split())
     except OSError:
-        return False
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+        return []
+    return [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
 
 
 # bf16 autocast where the CPU has it (faster than fp32 there), fp32 elsewhere.
-CPU_BF16 = cpu_has_native_bf16()
+CPU_BF16 = bool(native_bf16_flags())
 
 # ---------------------------------------------------------------------------------------------------------
 # QUICKSTART VALUES: everything `make quickstart` trains and scores with. Edit here.
@@ -191,7 +192,10 @@ def machine_description() -> str:
         pass
     import torch
 
-    return f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}, Python {platform.python_version()}"
+    bf16 = ", ".join(native_bf16_flags()) or "no native bf16"
+    return (
+        f"{cpu} ({bf16}), {os.cpu_count()} cores, no GPU, torch {torch.__version__}, Python {platform.python_version()}"
+    )
 
 
 def write_table(

@@ -128,3 +128,104 @@ def test_bad_seeds_are_refused_before_anything_runs(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith("error: --teacher_seeds 'one' must be distinct whole numbers")
     assert not (tmp_path / "out").exists()
+
+
+SUMMARY_HEADER = "task,metric,best_dev_score,seeds,seed_min,seed_max\n"
+
+
+def write_summary(eval_dir: Path, rows: str) -> None:
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    (eval_dir / "summary.csv").write_text(SUMMARY_HEADER + rows)
+
+
+@pytest.mark.parametrize(
+    ("models", "distilled_before", "expected"),
+    [
+        (["distilled_random", "random_student"], [], ["random"]),
+        (["distilled_teacher_embeddings", "embedding_student", "teacher"], [], ["teacher_embeddings"]),
+        (["random_student"], [], ["random"]),  # its config and tokenizer come from a distilled student
+        (["random_student", "embedding_student"], ["teacher_embeddings"], []),  # ... which is there already
+        (["teacher"], [], []),
+        (list(init_ablation.MODEL_KEYS), [], ["random", "teacher_embeddings"]),
+    ],
+)  # fmt: skip
+def test_a_call_distils_only_what_its_rows_need(tmp_path, models, distilled_before, expected):
+    for init in distilled_before:
+        (tmp_path / f"distill_{init}" / "student").mkdir(parents=True)
+    assert init_ablation.inits_to_distil(models, tmp_path) == expected
+
+
+@pytest.mark.parametrize(("seeds", "parallel"), [("1 2 3", "2"), ("1", "1")])
+def test_a_lone_fine_tuning_run_gets_both_cores(tmp_path, recorded_stages, seeds, parallel):
+    eval_dir = tmp_path / "eval" / "teacher"
+    write_summary(eval_dir, f"bbc_news,accuracy,90.0,{len(seeds.split())},,\n")
+    parts = {"tasks": tmp_path / "tasks"}
+    init_ablation.fine_tune("fine-tuning, teacher, bbc_news", tmp_path / "teacher", "bbc_news", seeds, parts, eval_dir)
+    title, env = recorded_stages[-1]
+    assert (env["PARALLEL"], env["SEEDS"], env["TASKS"]) == (parallel, seeds, "bbc_news")
+    assert env["OUTPUT_DIR"] == str(eval_dir) and env["MODEL_DIR"] == str(tmp_path / "teacher")
+    assert "--max_train_samples 1000" in env["EXTRA_ARGS"]
+
+
+def test_a_fine_tuning_call_that_leaves_other_seeds_is_refused(tmp_path, recorded_stages):
+    eval_dir = tmp_path / "eval" / "teacher"
+    write_summary(eval_dir, "bbc_news,accuracy,90.0,3,88.0,91.0\n")  # an earlier call's three seeds
+    with pytest.raises(UsageError, match=r"holds runs of 3 seeds, not the 1 asked for"):
+        init_ablation.fine_tune("t", tmp_path / "teacher", "bbc_news", "1", {"tasks": tmp_path}, eval_dir)
+
+
+def ablation_folder(out: Path) -> None:
+    """An output folder after a call that distilled from random init and scored two rows, with a model file."""
+    (out / "distill_random" / "student").mkdir(parents=True)
+    (out / "distill_random" / "student" / "model.safetensors").write_bytes(b"\0" * 4096)
+    history = [{"step": 100, "eval_loss": 0.71}, {"step": 200, "eval_loss": 0.62, "num_input_tokens_seen": 819200}]
+    (out / "distill_random" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    for key, score in (("distilled_random", "61.0"), ("random_student", "55.0")):
+        write_summary(out / "eval" / key, f"bbc_news,accuracy,{score},3,50.0,70.0\n"
+                                          f"tweet_sentiment,accuracy,{score},3,50.0,70.0\n")  # fmt: skip
+        (out / "eval" / key / "bbc_news_lr3e-4_ep3_seed1").mkdir()
+    (out / init_ablation.VALUES_FILE).write_text('{"shape": "paper"}\n')
+    (out / init_ablation.MACHINES_FILE).write_text('{"distill_random": "machine A", "distilled_random": "machine A"}')
+
+
+def test_the_copied_results_hold_the_table_inputs_and_no_model(tmp_path):
+    out, dest = tmp_path / "out", tmp_path / "kept"
+    ablation_folder(out)
+    copied = init_ablation.copy_results(out, dest)
+    assert sorted(str(path.relative_to(dest)) for path in copied) == [
+        "ablation_values.json",
+        "distill_random/trainer_state.json",
+        "eval/distilled_random/summary.csv",
+        "eval/random_student/summary.csv",
+        "machines.json",
+    ]
+    assert (
+        not list(dest.rglob("*.safetensors"))
+        and not (dest / "eval" / "random_student" / "bbc_news_lr3e-4_ep3_seed1").exists()
+    )
+    keys, tasks = list(init_ablation.MODEL_KEYS), ["bbc_news", "tweet_sentiment"]
+    seeds = dict.fromkeys(keys, "1 2 3")
+    assert init_ablation.table_scores(dest, keys, tasks, seeds) == init_ablation.table_scores(out, keys, tasks, seeds)
+
+
+def test_the_report_shows_the_rows_not_scored_yet_and_each_rows_machine(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    ablation_folder(out)
+    monkeypatch.setattr(init_ablation, "majority_class_scores", lambda tasks, tasks_dir: dict.fromkeys(tasks, 33.3))
+    args = init_ablation.argparse.Namespace(shape="paper", seeds="1 2 3", assets=tmp_path)
+    tasks = ["bbc_news", "tweet_sentiment"]
+    init_ablation.write_report(args, init_ablation.SHAPES["paper"], out, tasks, "1")
+    report = (out / "init_ablation.md").read_text()
+    assert "| distilled from random init | 61.00 (50.00-70.00) | 61.00 (50.00-70.00) |" in report
+    assert "| teacher (MPNet, 12 x 768) | not run yet | not run yet |" in report
+    assert "| distilled from teacher-embedding init | not run yet | not run yet |" in report
+    assert "| majority class | 33.30 | 33.30 |" in report
+    assert "- random: 100: 0.7100, 200: 0.6200" in report and "random 819,200" in report
+    assert "Machine: machine A." in report and "steps" not in report.split("Machine:")[1].split("![")[0]
+    assert (out / "heldout_loss.png").is_file()
+
+    machines = json.loads((out / init_ablation.MACHINES_FILE).read_text())
+    (out / init_ablation.MACHINES_FILE).write_text(json.dumps({**machines, "random_student": "machine B"}))
+    init_ablation.write_report(args, init_ablation.SHAPES["paper"], out, tasks, "1")
+    report = (out / "init_ablation.md").read_text()
+    assert "- random student, not distilled: machine B" in report and "- distillation, STUDENT_INIT=random: machine A" in report
