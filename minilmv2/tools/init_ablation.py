@@ -61,6 +61,7 @@ from minilmv2.tools.stages import STAGE_SECONDS_FILE, parse_seeds, read_stage_se
 INITS = ("random", "teacher_embeddings")
 VALUES_FILE = "ablation_values.json"
 MACHINES_FILE = "machines.json"
+EVAL_EVERY = 100  # steps between two held-out distillation losses, in both shapes
 MODEL_KEYS = ("teacher", "random_student", "embedding_student", "distilled_random", "distilled_teacher_embeddings")
 
 
@@ -72,7 +73,6 @@ class Shape:
     teacher_name: str
     student_name: str
     distillation: dict[str, str]
-    eval_every: int
 
 
 # The paper's shape (MiniLMv2's 6 x 384 student of a base-size teacher: 12 heads, FFN 1536, A_r 48, the teacher's
@@ -93,9 +93,9 @@ PAPER_SHAPE = {
     "SAVE_STEPS": "200",
 }
 SHAPES = {
-    "quickstart": Shape("teacher", "teacher (6 x 384)", "4 x 256 student of the 6 x 384 teacher", {}, 100),
+    "quickstart": Shape("teacher", "teacher (6 x 384)", "4 x 256 student of the 6 x 384 teacher", {}),
     "paper": Shape(
-        "mpnet_teacher", "teacher (MPNet, 12 x 768)", "6 x 384 student of the 12 x 768 MPNet teacher", PAPER_SHAPE, 100
+        "mpnet_teacher", "teacher (MPNet, 12 x 768)", "6 x 384 student of the 12 x 768 MPNet teacher", PAPER_SHAPE
     ),  # fmt: skip
 }
 
@@ -159,7 +159,7 @@ def distil(init: str, shape: Shape, parts: dict[str, Path], out: Path) -> None:
     corpus = parts["corpus"]
     env = {**DISTILLATION, **shape.distillation, "TEACHER_DIR": str(parts[shape.teacher_part]),
            "STUDENT_INIT": init, "TRAIN_CONFIG": str(corpus / "train_config.json"),
-           "VAL_CONFIG": str(corpus / "val_config.json"), "EVAL_STEPS": str(shape.eval_every),
+           "VAL_CONFIG": str(corpus / "val_config.json"), "EVAL_STEPS": str(EVAL_EVERY),
            "OUTPUT_DIR": str(distill_dir)}  # fmt: skip
     title = f"distillation, STUDENT_INIT={init}"
     complete = complete_checkpoints(distill_dir)
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     default_dir = "runs/init_ablation" if args.shape == "quickstart" else f"runs/init_ablation_{args.shape}"
     out = (args.output_dir or Path(default_dir)).resolve()
     check_values(out, {"shape": args.shape, "distillation": {**DISTILLATION, **shape.distillation},
-                       "eval_every": shape.eval_every})  # fmt: skip
+                       "eval_every": EVAL_EVERY})  # fmt: skip
     for init in inits_to_distil(args.models, out):
         distil(init, shape, parts, out)
         record_machine(out, f"distill_{init}")
@@ -374,7 +374,7 @@ def write_report(args: argparse.Namespace, shape: Shape, out: Path, tasks: list[
     else:
         lines += [f"Machine: {next(iter(machines.values()), machine_description())}."]
     if set(curves) == set(INITS):
-        lines += ["", steps_saved(curves, shape.eval_every) + "."]
+        lines += ["", steps_saved(curves, EVAL_EVERY) + "."]
     lines += ["", "![held-out loss](heldout_loss.png)", "", "Wall times (of the calls that got to their end):", ""]
     lines += [f"- {name}: {value / 60:.1f} min" for name, value in read_stage_seconds(out).items()]
     (out / "init_ablation.md").write_text("\n".join(lines) + "\n")
