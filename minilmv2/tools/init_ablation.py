@@ -277,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="1 2 3", help="fine-tuning seeds (median and min-max over them)")
     parser.add_argument("--teacher_seeds", default=None, help="the teacher's, where its runs take too long (--seeds)")
     parser.add_argument("--models", nargs="+", choices=MODEL_KEYS, default=list(MODEL_KEYS),
-                        help="the rows to distil and score in this call (default all); the table shows the others "
-                             "where an earlier call scored them")  # fmt: skip
+                        help="the rows to distil and score now, in this order (default all; the teacher last); "
+                             "the table shows those an earlier call scored")  # fmt: skip
     parser.add_argument("--copy_results_to", type=Path, default=None,
                         help="also copy the table's inputs (no model) there, to go on elsewhere")  # fmt: skip
     args = parser.parse_args(argv)
@@ -309,8 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         save_embedding_student(config_source, parts[shape.teacher_part], paths["embedding_student"])
     tasks = list(TASK_EXTRA_ARGS)
     teacher_seeds = args.teacher_seeds or args.seeds
-    # The students first: at the paper's shape the teacher (the ceiling) is the costliest to fine-tune.
-    for key in sorted(args.models, key=lambda key: (key == "teacher", MODEL_KEYS.index(key))):
+    # In the order given, but the teacher last: at the paper's shape it is the costliest to fine-tune.
+    for key in sorted(dict.fromkeys(args.models), key=lambda key: key == "teacher"):
         seeds = teacher_seeds if key == "teacher" else args.seeds
         for task in tasks:
             fine_tune(
