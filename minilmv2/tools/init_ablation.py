@@ -258,14 +258,29 @@ def model_paths(shape: Shape, parts: dict[str, Path], out: Path) -> dict[str, Pa
     }
 
 
-def fine_tune(title: str, model_dir: Path, task: str, seeds: str, parts: dict[str, Path], eval_dir: Path) -> None:
-    """One row's runs of one task through run_eval.sh (finished runs in `eval_dir` are kept), with the quickstart's
-    fine-tuning values. Two runs at a time share the cores; a lone run (one seed) gets them both."""
-    env = {**EVALUATION, "SEEDS": seeds, "PARALLEL": str(min(int(EVALUATION["PARALLEL"]), len(seeds.split()))),
-           "TASKS": task, "MODEL_DIR": str(model_dir), "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[task]} {COMMON_EXTRA_ARGS}",
+def task_groups() -> list[list[str]]:
+    """The tasks in groups that share their EXTRA_ARGS: one run_eval.sh call each, so that its runs pair up on the
+    cores (3 seeds of one task leave the third run alone on half of them)."""
+    groups: dict[str, list[str]] = {}
+    for task, extra_args in TASK_EXTRA_ARGS.items():
+        groups.setdefault(extra_args, []).append(task)
+    return list(groups.values())
+
+
+def fine_tune(
+    title: str, model_dir: Path, tasks: list[str], seeds: str, parts: dict[str, Path], eval_dir: Path
+) -> None:
+    """One row's runs of `tasks` (which share their EXTRA_ARGS) through run_eval.sh (finished runs in `eval_dir`
+    are kept), with the quickstart's fine-tuning values. Two runs at a time share the cores; a lone run gets them
+    both."""
+    runs = len(seeds.split()) * len(tasks)
+    env = {**EVALUATION, "SEEDS": seeds, "PARALLEL": str(min(int(EVALUATION["PARALLEL"]), runs)),
+           "TASKS": " ".join(tasks), "MODEL_DIR": str(model_dir),
+           "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[tasks[0]]} {COMMON_EXTRA_ARGS}",
            "OFFLINE_DATA_DIR": str(parts["tasks"]), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
     run_stage("init_ablation", title, ["bash", "run_eval.sh"], repo(), eval_dir.parent.parent, env)
-    check_seed_count(eval_dir, task, seeds)
+    for task in tasks:
+        check_seed_count(eval_dir, task, seeds)
 
 
 @exit_on_usage_error
@@ -312,10 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     # In the order given, but the teacher last: at the paper's shape it is the costliest to fine-tune.
     for key in sorted(dict.fromkeys(args.models), key=lambda key: key == "teacher"):
         seeds = teacher_seeds if key == "teacher" else args.seeds
-        for task in tasks:
-            fine_tune(
-                f"fine-tuning, {model_labels(shape)[key]}, {task}", paths[key], task, seeds, parts, out / "eval" / key
-            )
+        for group in task_groups():
+            title = f"fine-tuning, {model_labels(shape)[key]}, {' and '.join(group)}"
+            fine_tune(title, paths[key], group, seeds, parts, out / "eval" / key)
         record_machine(out, key)
     write_report(args, shape, out, tasks, teacher_seeds)
     if args.copy_results_to is not None:

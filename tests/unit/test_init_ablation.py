@@ -155,23 +155,29 @@ def test_a_call_distils_only_what_its_rows_need(tmp_path, models, distilled_befo
     assert init_ablation.inits_to_distil(models, tmp_path) == expected
 
 
-@pytest.mark.parametrize(("seeds", "parallel"), [("1 2 3", "2"), ("1", "1")])
-def test_a_lone_fine_tuning_run_gets_both_cores(tmp_path, recorded_stages, seeds, parallel):
+@pytest.mark.parametrize(("seeds", "tasks", "parallel"), [("1 2 3", ["bbc_news"], "2"), ("1", ["bbc_news"], "1"),
+                                                    ("1", ["bbc_news", "tweet_sentiment"], "2")])  # fmt: skip
+def test_a_lone_fine_tuning_run_gets_both_cores(tmp_path, recorded_stages, seeds, tasks, parallel):
     eval_dir = tmp_path / "eval" / "teacher"
-    write_summary(eval_dir, f"bbc_news,accuracy,90.0,{len(seeds.split())},,\n")
+    write_summary(eval_dir, "".join(f"{task},accuracy,90.0,{len(seeds.split())},,\n" for task in tasks))
     parts = {"tasks": tmp_path / "tasks"}
-    init_ablation.fine_tune("fine-tuning, teacher, bbc_news", tmp_path / "teacher", "bbc_news", seeds, parts, eval_dir)
+    init_ablation.fine_tune("fine-tuning, teacher", tmp_path / "teacher", tasks, seeds, parts, eval_dir)
     title, env = recorded_stages[-1]
-    assert (env["PARALLEL"], env["SEEDS"], env["TASKS"]) == (parallel, seeds, "bbc_news")
+    assert (env["PARALLEL"], env["SEEDS"], env["TASKS"]) == (parallel, seeds, " ".join(tasks))
     assert env["OUTPUT_DIR"] == str(eval_dir) and env["MODEL_DIR"] == str(tmp_path / "teacher")
     assert "--max_train_samples 1000" in env["EXTRA_ARGS"]
+
+
+def test_tasks_that_share_their_arguments_are_fine_tuned_in_one_call(monkeypatch):
+    monkeypatch.setattr(init_ablation, "TASK_EXTRA_ARGS", {"a": "--x 1", "b": "--x 2", "c": "--x 1"})
+    assert init_ablation.task_groups() == [["a", "c"], ["b"]]
 
 
 def test_a_fine_tuning_call_that_leaves_other_seeds_is_refused(tmp_path, recorded_stages):
     eval_dir = tmp_path / "eval" / "teacher"
     write_summary(eval_dir, "bbc_news,accuracy,90.0,3,88.0,91.0\n")  # an earlier call's three seeds
     with pytest.raises(UsageError, match=r"holds runs of 3 seeds, not the 1 asked for"):
-        init_ablation.fine_tune("t", tmp_path / "teacher", "bbc_news", "1", {"tasks": tmp_path}, eval_dir)
+        init_ablation.fine_tune("t", tmp_path / "teacher", ["bbc_news"], "1", {"tasks": tmp_path}, eval_dir)
 
 
 def ablation_folder(out: Path) -> None:
