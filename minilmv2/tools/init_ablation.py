@@ -41,6 +41,7 @@ from pathlib import Path
 
 from minilmv2.checkpoints import complete_checkpoints, finished_run
 from minilmv2.errors import UsageError, exit_on_usage_error
+from minilmv2.scoring.sweep_summary import summarise
 from minilmv2.tools.assets import default_dest
 from minilmv2.tools.quickstart import (
     COMMON_EXTRA_ARGS,
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         for group in task_groups():
             title = f"fine-tuning, {model_labels(shape)[key]}, {' and '.join(group)}"
             fine_tune(title, paths[key], group, seeds, parts, out / "eval" / key)
+        summarise(out / "eval" / key, model_labels(shape)[key], tasks)  # a call's summary covers its own tasks
         record_machine(out, key)
     write_report(args, shape, out, tasks, teacher_seeds)
     if args.copy_results_to is not None:

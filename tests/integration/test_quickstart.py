@@ -6,6 +6,7 @@ Real tiny models saved to disk, the real teacher's tokenizer, the real table/PNG
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -133,3 +134,24 @@ def test_only_a_finished_distillation_is_reused(tmp_path):
     assert not finished_distillation(tmp_path)
     (tmp_path / "trainer_state.json").write_text("{}")  # written only when the run finished
     assert finished_distillation(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", ["AMX-BF16", "AVX512-BF16"]),  # Xeon
+        ("fpu sse avx2 avx512f avx512_bf16", ["AVX512-BF16"]),  # EPYC Zen 4
+        ("fpu sse avx2 fma", []),  # EPYC Zen 2/3: bf16 emulated, so fp32
+    ],
+)  # fmt: skip
+def test_the_native_bf16_flags_are_read_from_cpuinfo(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert quickstart.native_bf16_flags(str(cpuinfo)) == expected
+    assert quickstart.native_bf16_flags(str(tmp_path / "absent")) == []
+
+
+def test_the_machine_line_names_whether_bf16_is_native():
+    """Distillation speed depends on native bf16, so every figure's machine line says it."""
+    named = ", ".join(quickstart.native_bf16_flags()) or "no native bf16"
+    assert f" ({named}), {os.cpu_count()} cores, " in quickstart.machine_description()
