@@ -22,12 +22,12 @@ For a shape, this:
 
 --models runs some rows only (and the distillations they need); the table shows the others where an earlier call
 scored them. Where a machine cannot keep the models from one call to the next (the paper's shape needs about four
-hours of a 2-core CPU), --copy_results_to keeps the table's inputs (kilobytes), and a later call on an output
-folder seeded from them (`cp -r DIR OUT`) scores the remaining rows.
+hours of a 2-core CPU), --copy_results_to keeps the table's inputs (kilobytes, copied after each stage), and a later
+call with --results_from on them scores the remaining rows.
 
     python -m minilmv2.tools.init_ablation [--shape quickstart|paper] [--output_dir runs/init_ablation]
                                            [--seeds "1 2 3"] [--teacher_seeds "1"] [--models KEY ...]
-                                           [--copy_results_to DIR]
+                                           [--copy_results_to DIR] [--results_from DIR]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from minilmv2.tools.quickstart import (
     save_random_student,
     score_cell,
 )
-from minilmv2.tools.stages import STAGE_SECONDS_FILE, parse_seeds, read_stage_seconds, run_stage
+from minilmv2.tools.stages import STAGE_SECONDS_FILE, forget_stages, parse_seeds, read_stage_seconds, run_stage
 
 INITS = ("random", "teacher_embeddings")
 VALUES_FILE = "ablation_values.json"
@@ -152,11 +152,12 @@ def steps_saved(curves: dict[str, list[tuple[int, float]]], eval_every: int) -> 
     )
 
 
-def distil(init: str, shape: Shape, parts: dict[str, Path], out: Path) -> None:
-    """Distil with STUDENT_INIT=`init` into out/distill_<init>, resuming its latest checkpoint if it has one."""
+def distil(init: str, shape: Shape, parts: dict[str, Path], out: Path) -> bool:
+    """Distil with STUDENT_INIT=`init` into out/distill_<init>, resuming its latest checkpoint if it has one;
+    whether it ran (False: it had finished before)."""
     distill_dir = out / f"distill_{init}"
     if finished_run(distill_dir):
-        return
+        return False
     corpus = parts["corpus"]
     env = {**DISTILLATION, **shape.distillation, "TEACHER_DIR": str(parts[shape.teacher_part]),
            "STUDENT_INIT": init, "TRAIN_CONFIG": str(corpus / "train_config.json"),
@@ -169,19 +170,34 @@ def distil(init: str, shape: Shape, parts: dict[str, Path], out: Path) -> None:
         title += f", resumed from {complete[-1].name}"
     else:
         shutil.rmtree(distill_dir, ignore_errors=True)  # killed before its first complete checkpoint: start over
+        forget_stages(out, title)  # ... so the time of the run that was lost does not count
     run_stage("init_ablation", title, ["bash", "run.sh"], repo(), out, env)
+    return True
 
 
-def check_values(out: Path, values: dict) -> None:
-    """Refuse (one line) an --output_dir that holds an ablation made with other values; record them otherwise."""
-    recorded = out / VALUES_FILE
+def differing_values(before: dict, now: dict) -> list[str]:
+    """ "PRECISION 'bf16' there, 'none' now", one per value that differs (the values of run.sh looked into)."""
+
+    def flat(values: dict) -> dict:
+        return {key: value for name, part in values.items()
+                for key, value in (part.items() if isinstance(part, dict) else [(name, part)])}  # fmt: skip
+
+    before, now = flat(before), flat(now)
+    keys = sorted(before.keys() | now.keys())
+    return [f"{key} {before.get(key)!r} there, {now.get(key)!r} now" for key in keys if before.get(key) != now.get(key)]
+
+
+def check_values(folder: Path, values: dict, name: str = "--output_dir", record: bool = True) -> None:
+    """Refuse (one line) a folder that holds an ablation made with other values; record them otherwise."""
+    recorded = folder / VALUES_FILE
     if recorded.is_file() and json.loads(recorded.read_text()) != values:
-        raise UsageError(
-            f"--output_dir {str(out)!r} holds an ablation made with other values ({recorded.name}: shape "
-            f"{json.loads(recorded.read_text()).get('shape')!r}); give another --output_dir or remove that one"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(values, indent=2) + "\n")
+        differ = "; ".join(differing_values(json.loads(recorded.read_text()), values))
+        hint = " (PRECISION follows the CPU: bf16 where it is native)" if "PRECISION" in differ else ""
+        raise UsageError(f"{name} {str(folder)!r} holds an ablation made with other values: {differ}{hint}; give "
+                         f"another {name} or finish it on a machine with the same values")  # fmt: skip
+    if record:
+        folder.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(json.dumps(values, indent=2) + "\n")
 
 
 def check_seed_count(eval_dir: Path, task: str, seeds: str) -> None:
@@ -216,11 +232,13 @@ def model_labels(shape: Shape) -> dict[str, str]:
 
 def inits_to_distil(models: list[str], out: Path) -> list[str]:
     """The distillations `models` need: their own, and one for the undistilled students' config and tokenizer
-    when no distilled student is there to take them from."""
+    when no distilled student is there to take them from: preferably one whose held-out losses are not there yet
+    (a folder seeded from an earlier call's results has the losses but not the students)."""
     inits = [init for init in INITS if f"distilled_{init}" in models]
     undistilled = {"random_student", "embedding_student"} & set(models)
     if undistilled and not inits and not any((out / f"distill_{init}" / "student").is_dir() for init in INITS):
-        inits = ["random"]
+        not_done = [init for init in INITS if not (out / f"distill_{init}" / "trainer_state.json").is_file()]
+        inits = (not_done or ["random"])[:1]
     return inits
 
 
@@ -233,19 +251,25 @@ def record_machine(out: Path, what: str) -> None:
     path.write_text(json.dumps(machines, indent=2) + "\n")
 
 
-def copy_results(out: Path, dest: Path) -> list[Path]:
-    """Copy what the table is made of (values, held-out losses, sweep summaries, times, machines, the table and
-    its plot: kilobytes, no model) from `out` into `dest`, same layout: an output folder seeded from that copy
-    (cp -r DEST OUT) goes on where `out` stopped, without the models already scored."""
-    patterns = [VALUES_FILE, STAGE_SECONDS_FILE, MACHINES_FILE, "init_ablation.md", "heldout_loss.png",
-                "distill_*/trainer_state.json", "eval/*/summary.csv", "eval/*/summary.md"]  # fmt: skip
+# What the table is made of: values, held-out losses, sweep summaries and per-run scores, times, machines, the
+# table and its plot. Kilobytes; no model.
+RESULT_FILES = [VALUES_FILE, STAGE_SECONDS_FILE, MACHINES_FILE, "init_ablation.md", "heldout_loss.png",
+                "distill_*/trainer_state.json", "eval/*/summary.csv", "eval/*/summary.md",
+                "eval/*/runs.csv"]  # fmt: skip
+
+
+def copy_results(source: Path, dest: Path, overwrite: bool = True) -> list[Path]:
+    """Copy RESULT_FILES from `source` into `dest`, same layout (keeping the files `dest` has unless `overwrite`);
+    the paths written. With --copy_results_to and --results_from, an ablation goes on in another folder or on
+    another machine without the models already scored."""
     copied = []
-    for pattern in patterns:
-        for source in sorted(out.glob(pattern)):
-            target = dest / source.relative_to(out)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-            copied.append(target)
+    for pattern in RESULT_FILES:
+        for path in sorted(source.glob(pattern)):
+            target = dest / path.relative_to(source)
+            if overwrite or not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                copied.append(target)
     return copied
 
 
@@ -268,18 +292,17 @@ def task_groups() -> list[list[str]]:
     return list(groups.values())
 
 
-def fine_tune(
-    title: str, model_dir: Path, tasks: list[str], seeds: str, parts: dict[str, Path], eval_dir: Path
-) -> None:
-    """One row's runs of `tasks` (which share their EXTRA_ARGS) through run_eval.sh (finished runs in `eval_dir`
-    are kept), with the quickstart's fine-tuning values. Two runs at a time share the cores; a lone run gets them
-    both."""
+def fine_tune(title: str, model_dir: Path, tasks: list[str], seeds: str, tasks_dir: Path, out: Path, key: str) -> None:
+    """Row `key`'s runs of `tasks` (which share their EXTRA_ARGS) through run_eval.sh into out/eval/<key> (finished
+    runs are kept), with the quickstart's fine-tuning values. Two runs at a time share the cores; a lone run gets
+    them both."""
     runs = len(seeds.split()) * len(tasks)
+    eval_dir = out / "eval" / key
     env = {**EVALUATION, "SEEDS": seeds, "PARALLEL": str(min(int(EVALUATION["PARALLEL"]), runs)),
            "TASKS": " ".join(tasks), "MODEL_DIR": str(model_dir),
            "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[tasks[0]]} {COMMON_EXTRA_ARGS}",
-           "OFFLINE_DATA_DIR": str(parts["tasks"]), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
-    run_stage("init_ablation", title, ["bash", "run_eval.sh"], repo(), eval_dir.parent.parent, env)
+           "OFFLINE_DATA_DIR": str(tasks_dir), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
+    run_stage("init_ablation", title, ["bash", "run_eval.sh"], repo(), out, env)
     for task in tasks:
         check_seed_count(eval_dir, task, seeds)
 
@@ -296,7 +319,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the rows to distil and score now, in this order (default all; the teacher last); "
                              "the table shows those an earlier call scored")  # fmt: skip
     parser.add_argument("--copy_results_to", type=Path, default=None,
-                        help="also copy the table's inputs (no model) there, to go on elsewhere")  # fmt: skip
+                        help="copy the table's inputs (no model) there after each stage, to go on later")  # fmt: skip
+    parser.add_argument("--results_from", type=Path, default=None,
+                        help="start from the inputs a --copy_results_to call kept (with the same values)")  # fmt: skip
     args = parser.parse_args(argv)
     shape = SHAPES[args.shape]
     parse_seeds(args.seeds, "--seeds")
@@ -311,11 +336,35 @@ def main(argv: list[str] | None = None) -> None:
         parts[shape.teacher_part] = teacher
     default_dir = "runs/init_ablation" if args.shape == "quickstart" else f"runs/init_ablation_{args.shape}"
     out = (args.output_dir or Path(default_dir)).resolve()
-    check_values(out, {"shape": args.shape, "distillation": {**DISTILLATION, **shape.distillation},
-                       "eval_every": EVAL_EVERY})  # fmt: skip
+    values = {"shape": args.shape, "distillation": {**DISTILLATION, **shape.distillation}, "eval_every": EVAL_EVERY}
+    labels, tasks = model_labels(shape), list(TASK_EXTRA_ARGS)
+    seeds = {key: args.teacher_seeds or args.seeds if key == "teacher" else args.seeds for key in labels}
+    kept_rows = [key for key in labels if key not in args.models]
+    # Everything refused before anything is written, and before hours of work rather than after: other values, or
+    # rows kept from earlier calls with other seeds than asked now.
+    if args.results_from is not None:
+        if not (args.results_from / VALUES_FILE).is_file():
+            raise UsageError(f"--results_from {str(args.results_from)!r} holds no {VALUES_FILE}: give the folder "
+                             "a --copy_results_to call filled")  # fmt: skip
+        check_values(args.results_from, values, "--results_from", record=False)
+        table_scores(args.results_from, kept_rows, tasks, seeds)
+    check_values(out, values, record=False)
+    table_scores(out, kept_rows, tasks, seeds)
+    check_values(out, values)
+    if args.results_from is not None:
+        copy_results(args.results_from.resolve(), out, overwrite=False)
+
+    def report_and_copy(final: bool = False) -> None:
+        write_report(args, shape, out, parts["tasks"], seeds, echo=final)
+        if args.copy_results_to is not None:
+            copied = copy_results(out, args.copy_results_to.resolve())
+            if final:
+                print(f"copied {len(copied)} files (the table's inputs) into {args.copy_results_to}")
+
     for init in inits_to_distil(args.models, out):
-        distil(init, shape, parts, out)
-        record_machine(out, f"distill_{init}")
+        if distil(init, shape, parts, out):
+            record_machine(out, f"distill_{init}")
+            report_and_copy()
     paths = model_paths(shape, parts, out)
     # The undistilled students take a distilled student's config and tokenizer (the same for both inits).
     config_source = next((path for key, path in paths.items() if key.startswith("distilled_") and path.is_dir()), None)
@@ -323,45 +372,49 @@ def main(argv: list[str] | None = None) -> None:
         save_random_student(config_source, paths["random_student"])
     if "embedding_student" in args.models and not (paths["embedding_student"] / "model.safetensors").is_file():
         save_embedding_student(config_source, parts[shape.teacher_part], paths["embedding_student"])
-    tasks = list(TASK_EXTRA_ARGS)
-    teacher_seeds = args.teacher_seeds or args.seeds
     # In the order given, but the teacher last: at the paper's shape it is the costliest to fine-tune.
     for key in sorted(dict.fromkeys(args.models), key=lambda key: key == "teacher"):
-        seeds = teacher_seeds if key == "teacher" else args.seeds
+        complete_before = key in table_scores(out, [key], tasks, seeds, complete_only=True, check=False)
         for group in task_groups():
-            title = f"fine-tuning, {model_labels(shape)[key]}, {' and '.join(group)}"
-            fine_tune(title, paths[key], group, seeds, parts, out / "eval" / key)
-        summarise(out / "eval" / key, model_labels(shape)[key], tasks)  # a call's summary covers its own tasks
-        record_machine(out, key)
-    write_report(args, shape, out, tasks, teacher_seeds)
-    if args.copy_results_to is not None:
-        copied = copy_results(out, args.copy_results_to.resolve())
-        print(f"copied {len(copied)} files (the table's inputs) into {args.copy_results_to}")
+            fine_tune(f"fine-tuning, {labels[key]}, {' and '.join(group)}", paths[key], group, seeds[key],
+                      parts["tasks"], out, key)  # fmt: skip
+        # run_eval.sh summarises the tasks of its own call: the row's summary covers all of them.
+        summarise(out / "eval" / key, labels[key], tasks)
+        if not complete_before:
+            record_machine(out, key)
+        report_and_copy()
+    report_and_copy(final=True)
 
 
-def table_scores(out: Path, keys: list[str], tasks: list[str], seeds: dict[str, str]) -> dict[str, dict[str, Score]]:
-    """{model key: {task: score}} of the rows scored so far (this call or an earlier one), each checked to cover
-    the seeds asked for it."""
+def table_scores(
+    out: Path, keys: list[str], tasks: list[str], seeds: dict[str, str], complete_only: bool = False, check: bool = True
+) -> dict[str, dict[str, Score]]:
+    """{model key: {task: score}} of the rows scored so far (this call or an earlier one), for the tasks their
+    summary has (`complete_only`: the rows that have them all), each checked (`check`) to cover the seeds asked."""
     scores = {}
     for key in keys:
         eval_dir = out / "eval" / key
-        if (eval_dir / "summary.csv").is_file():
-            for task in tasks:
+        if not (eval_dir / "summary.csv").is_file():
+            continue
+        row = {task: score for task, score in read_scores(eval_dir).items() if task in tasks}
+        if check:
+            for task in row:
                 check_seed_count(eval_dir, task, seeds[key])
-            scores[key] = read_scores(eval_dir)
+        if row and (len(row) == len(tasks) or not complete_only):
+            scores[key] = row
     return scores
 
 
-def write_report(args: argparse.Namespace, shape: Shape, out: Path, tasks: list[str], teacher_seeds: str) -> None:
-    """init_ablation.md and heldout_loss.png in `out`, from every row and distillation there so far; printed."""
-    labels = model_labels(shape)
-    seeds = {key: teacher_seeds if key == "teacher" else args.seeds for key in labels}
+def write_report(
+    args: argparse.Namespace, shape: Shape, out: Path, tasks_dir: Path, seeds: dict[str, str], echo: bool = True
+) -> None:
+    """init_ablation.md and heldout_loss.png in `out`, from every row and distillation there so far (printed with
+    `echo`)."""
+    labels, tasks = model_labels(shape), list(TASK_EXTRA_ARGS)
     scores = table_scores(out, list(labels), tasks, seeds)
-    floor = majority_class_scores(tasks, args.assets.resolve() / "tasks")
+    floor = majority_class_scores(tasks, tasks_dir)
     curves = {init: held_out_losses(out / f"distill_{init}") for init in INITS
               if (out / f"distill_{init}" / "trainer_state.json").is_file()}  # fmt: skip
-    if curves:
-        plot_losses(curves, shape.student_name, out / "heldout_loss.png")
     machines_path = out / MACHINES_FILE
     machines = json.loads(machines_path.read_text()) if machines_path.is_file() else {}
 
@@ -369,32 +422,39 @@ def write_report(args: argparse.Namespace, shape: Shape, out: Path, tasks: list[
         f"# Student initialisation x relation distillation ({args.shape} shape: {shape.student_name})",
         "",
         f"Dev scores x100: median over fine-tuning seeds {args.seeds} (min-max in brackets: the fine-tuning spread)"
-        + (f"; the teacher: seeds {teacher_seeds}." if teacher_seeds != args.seeds else "."),
+        + (f"; the teacher: seeds {seeds['teacher']}." if seeds["teacher"] != args.seeds else "."),
         "",
         "| model | " + " | ".join(tasks) + " |",
         "|---" * (len(tasks) + 1) + "|",
     ]
     for key, label in labels.items():
-        cells = [score_cell(scores[key][task]) if key in scores else "not run yet" for task in tasks]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        row = scores.get(key, {})
+        lines.append(
+            f"| {label} | " + " | ".join(score_cell(row[t]) if t in row else "not run yet" for t in tasks) + " |"
+        )
     lines.append("| majority class | " + " | ".join(f"{floor[t]:.2f}" for t in tasks) + " |")
-    lines += ["", "Held-out distillation loss (step: loss):", ""]
-    lines += [f"- {init}: " + ", ".join(f"{s}: {v:.4f}" for s, v in points) for init, points in curves.items()]
-    tokens = {init: tokens_seen(out / f"distill_{init}") for init in curves}
-    counts = ", ".join(f"{init} {count:,}" if count else f"{init} not recorded" for init, count in tokens.items())
-    lines += ["", f"Tokens distilled on: {counts}."]
+    if curves:
+        plot_losses(curves, shape.student_name, out / "heldout_loss.png")
+        lines += ["", "Held-out distillation loss (step: loss):", ""]
+        lines += [f"- {init}: " + ", ".join(f"{s}: {v:.4f}" for s, v in points) for init, points in curves.items()]
+        tokens = {init: tokens_seen(out / f"distill_{init}") for init in curves}
+        counts = ", ".join(f"{init} {count:,}" if count else f"{init} not recorded" for init, count in tokens.items())
+        lines += ["", f"Tokens distilled on: {counts}."]
     if len(set(machines.values())) > 1:
-        lines += ["", "Machines (the runs were split over several calls):", ""]
         names = {**labels, **{f"distill_{init}": f"distillation, STUDENT_INIT={init}" for init in INITS}}
+        lines += ["", "Machines (the runs were split over several calls):", ""]
         lines += [f"- {names.get(what, what)}: {machine}" for what, machine in machines.items()]
     else:
-        lines += [f"Machine: {next(iter(machines.values()), machine_description())}."]
+        lines += ["", f"Machine: {next(iter(machines.values()), machine_description())}."]
     if set(curves) == set(INITS):
         lines += ["", steps_saved(curves, EVAL_EVERY) + "."]
-    lines += ["", "![held-out loss](heldout_loss.png)", "", "Wall times (of the calls that got to their end):", ""]
+    if curves:
+        lines += ["", "![held-out loss](heldout_loss.png)"]
+    lines += ["", "Wall times (of the calls that got to their end):", ""]
     lines += [f"- {name}: {value / 60:.1f} min" for name, value in read_stage_seconds(out).items()]
     (out / "init_ablation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if echo:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def native_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
 
 
 # bf16 autocast where the CPU has it (faster than fp32 there), fp32 elsewhere.
-CPU_BF16 = bool(native_bf16_flags())
+NATIVE_BF16_FLAGS = native_bf16_flags()
+CPU_BF16 = bool(NATIVE_BF16_FLAGS)
 
 # ---------------------------------------------------------------------------------------------------------
 # QUICKSTART VALUES: everything `make quickstart` trains and scores with. Edit here.
@@ -192,7 +193,7 @@ def machine_description() -> str:
         pass
     import torch
 
-    bf16 = ", ".join(native_bf16_flags()) or "no native bf16"
+    bf16 = ", ".join(NATIVE_BF16_FLAGS) or "no native bf16"
     return (
         f"{cpu} ({bf16}), {os.cpu_count()} cores, no GPU, torch {torch.__version__}, Python {platform.python_version()}"
     )

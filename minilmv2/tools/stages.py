@@ -42,6 +42,15 @@ def parse_seeds(text: str, name: str = "SEEDS") -> list[int]:
     return [int(word) for word in words]
 
 
+def forget_stages(out_dir: Path, title: str) -> None:
+    """Drop the recorded time of stage `title` and of its resumed calls ("<title>, resumed from ..."): for a stage
+    that starts over, the time of what was thrown away does not count."""
+    seconds = read_stage_seconds(out_dir)
+    kept = {name: value for name, value in seconds.items() if name != title and not name.startswith(title + ", ")}
+    if kept != seconds:
+        (out_dir / STAGE_SECONDS_FILE).write_text(json.dumps(kept, indent=2) + "\n")
+
+
 def read_stage_seconds(out_dir: Path) -> dict[str, float]:
     """{stage title: seconds} of the stages run so far into `out_dir`."""
     path = out_dir / STAGE_SECONDS_FILE

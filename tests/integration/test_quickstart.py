@@ -153,5 +153,6 @@ def test_the_native_bf16_flags_are_read_from_cpuinfo(tmp_path, flags, expected):
 
 def test_the_machine_line_names_whether_bf16_is_native():
     """Distillation speed depends on native bf16, so every figure's machine line says it."""
-    named = ", ".join(quickstart.native_bf16_flags()) or "no native bf16"
+    assert quickstart.native_bf16_flags() == quickstart.NATIVE_BF16_FLAGS
+    named = ", ".join(quickstart.NATIVE_BF16_FLAGS) or "no native bf16"
     assert f" ({named}), {os.cpu_count()} cores, " in quickstart.machine_description()
