@@ -200,16 +200,17 @@ def check_values(folder: Path, values: dict, name: str = "--output_dir", record:
         recorded.write_text(json.dumps(values, indent=2) + "\n")
 
 
-def check_seed_count(eval_dir: Path, task: str, seeds: str) -> None:
+def check_seed_count(eval_dir: Path, tasks: list[str], seeds: str) -> None:
     """A sweep's summary covers every run in its folder: refuse a table whose median would mix in seeds of an
-    earlier call (say --seeds "1 2 3" then "1")."""
+    earlier call (say --seeds "1 2 3" then "1"). The summary is read once for all `tasks`."""
     with (eval_dir / "summary.csv").open(newline="") as handle:
         counts = {row["task"]: row["seeds"] for row in csv.DictReader(handle) if row["metric"]}
-    if counts.get(task) != str(len(seeds.split())):
-        raise UsageError(
-            f"{eval_dir / task} holds runs of {counts.get(task)} seeds, not the {len(seeds.split())} asked for "
-            f"({seeds}); give the same seeds as before or another --output_dir"
-        )
+    for task in tasks:
+        if counts.get(task) != str(len(seeds.split())):
+            raise UsageError(
+                f"{eval_dir / task} holds runs of {counts.get(task)} seeds, not the {len(seeds.split())} asked for "
+                f"({seeds}); give the same seeds as before or another --output_dir"
+            )
 
 
 def tokens_seen(distill_dir: Path) -> int | None:
@@ -303,8 +304,7 @@ def fine_tune(title: str, model_dir: Path, tasks: list[str], seeds: str, tasks_d
            "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[tasks[0]]} {COMMON_EXTRA_ARGS}",
            "OFFLINE_DATA_DIR": str(tasks_dir), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
     run_stage("init_ablation", title, ["bash", "run_eval.sh"], repo(), out, env)
-    for task in tasks:
-        check_seed_count(eval_dir, task, seeds)
+    check_seed_count(eval_dir, tasks, seeds)
 
 
 @exit_on_usage_error
@@ -398,8 +398,7 @@ def table_scores(
             continue
         row = {task: score for task, score in read_scores(eval_dir).items() if task in tasks}
         if check:
-            for task in row:
-                check_seed_count(eval_dir, task, seeds[key])
+            check_seed_count(eval_dir, list(row), seeds[key])
         if row and (len(row) == len(tasks) or not complete_only):
             scores[key] = row
     return scores

@@ -133,9 +133,9 @@ def test_an_output_dir_of_other_values_is_refused_naming_them(tmp_path):
 def test_a_summary_with_other_seeds_than_asked_is_refused(tmp_path):
     (tmp_path / "summary.csv").write_text("task,metric,best_dev_score,seeds,seed_min,seed_max\n"
                                           "bbc_news,accuracy,90.0,3,88.0,91.0\n")  # fmt: skip
-    init_ablation.check_seed_count(tmp_path, "bbc_news", "1 2 3")
+    init_ablation.check_seed_count(tmp_path, ["bbc_news"], "1 2 3")
     with pytest.raises(UsageError, match=r"holds runs of 3 seeds, not the 1 asked for \(1\)"):
-        init_ablation.check_seed_count(tmp_path, "bbc_news", "1")
+        init_ablation.check_seed_count(tmp_path, ["bbc_news"], "1")
 
 
 def test_bad_seeds_are_refused_before_anything_runs(tmp_path, capsys):
