@@ -44,9 +44,7 @@ from minilmv2.errors import UsageError, exit_on_usage_error
 from minilmv2.scoring.sweep_summary import summarise
 from minilmv2.tools.assets import default_dest
 from minilmv2.tools.quickstart import (
-    COMMON_EXTRA_ARGS,
     DISTILLATION,
-    EVALUATION,
     TASK_EXTRA_ARGS,
     Score,
     check_assets,
@@ -54,8 +52,10 @@ from minilmv2.tools.quickstart import (
     majority_class_scores,
     read_scores,
     repo,
+    run_eval_values,
     save_random_student,
     score_cell,
+    task_groups,
 )
 from minilmv2.tools.stages import STAGE_SECONDS_FILE, forget_stages, parse_seeds, read_stage_seconds, run_stage
 
@@ -284,25 +284,11 @@ def model_paths(shape: Shape, parts: dict[str, Path], out: Path) -> dict[str, Pa
     }
 
 
-def task_groups() -> list[list[str]]:
-    """The tasks in groups that share their EXTRA_ARGS: one run_eval.sh call each, so that its runs pair up on the
-    cores (3 seeds of one task leave the third run alone on half of them)."""
-    groups: dict[str, list[str]] = {}
-    for task, extra_args in TASK_EXTRA_ARGS.items():
-        groups.setdefault(extra_args, []).append(task)
-    return list(groups.values())
-
-
 def fine_tune(title: str, model_dir: Path, tasks: list[str], seeds: str, tasks_dir: Path, out: Path, key: str) -> None:
     """Row `key`'s runs of `tasks` (which share their EXTRA_ARGS) through run_eval.sh into out/eval/<key> (finished
-    runs are kept), with the quickstart's fine-tuning values. Two runs at a time share the cores; a lone run gets
-    them both."""
-    runs = len(seeds.split()) * len(tasks)
+    runs are kept), with the quickstart's fine-tuning values."""
     eval_dir = out / "eval" / key
-    env = {**EVALUATION, "SEEDS": seeds, "PARALLEL": str(min(int(EVALUATION["PARALLEL"]), runs)),
-           "TASKS": " ".join(tasks), "MODEL_DIR": str(model_dir),
-           "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[tasks[0]]} {COMMON_EXTRA_ARGS}",
-           "OFFLINE_DATA_DIR": str(tasks_dir), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
+    env = run_eval_values(model_dir, tasks, seeds, tasks_dir, eval_dir)
     run_stage("init_ablation", title, ["bash", "run_eval.sh"], repo(), out, env)
     check_seed_count(eval_dir, tasks, seeds)
 

@@ -107,6 +107,25 @@ MODELS = ("distilled student", "random student", "teacher")
 VALUES_FILE = "quickstart_values.json"
 
 
+def task_groups() -> list[list[str]]:
+    """The tasks in groups that share their EXTRA_ARGS: one run_eval.sh call each, so that its runs pair up on the
+    cores (3 seeds of one task per call leave the third run alone on half of them)."""
+    groups: dict[str, list[str]] = {}
+    for task, extra_args in TASK_EXTRA_ARGS.items():
+        groups.setdefault(extra_args, []).append(task)
+    return list(groups.values())
+
+
+def run_eval_values(model_dir: Path, tasks: list[str], seeds: str, tasks_dir: Path, eval_dir: Path) -> dict[str, str]:
+    """run_eval.sh's variables to fine-tune `model_dir` on `tasks` (which share their EXTRA_ARGS) with `seeds`
+    into `eval_dir`. Two runs at a time share the cores; a lone run gets them both."""
+    runs = len(seeds.split()) * len(tasks)
+    return {**EVALUATION, "SEEDS": seeds, "PARALLEL": str(min(int(EVALUATION["PARALLEL"]), runs)),
+            "TASKS": " ".join(tasks), "MODEL_DIR": str(model_dir),
+            "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[tasks[0]]} {COMMON_EXTRA_ARGS}",
+            "OFFLINE_DATA_DIR": str(tasks_dir), "OUTPUT_DIR": str(eval_dir)}  # fmt: skip
+
+
 def timing_summary(out_dir: Path) -> list[str]:
     """["distillation 8.2 min", "fine-tuning and scoring 3.9 min", "total 12.1 min"] from the recorded stages."""
     seconds = read_stage_seconds(out_dir)
@@ -343,20 +362,13 @@ def main(argv: list[str] | None = None) -> None:
     tasks = list(TASK_EXTRA_ARGS)
     scores = {}
     for model, model_dir in model_dirs.items():
-        eval_dir = out_dir / "eval" / model.replace(" ", "_")
-        for task in tasks:
-            env = {
-                **EVALUATION,
-                "TASKS": task,
-                "EXTRA_ARGS": f"{TASK_EXTRA_ARGS[task]} {COMMON_EXTRA_ARGS}",
-                "MODEL_DIR": str(model_dir),
-                "OFFLINE_DATA_DIR": str(parts["tasks"]),
-                "OUTPUT_DIR": str(eval_dir),  # one sweep folder per model, a subfolder per task
-            }
-            title = f"fine-tune and score the {model} on {task} (run_eval.sh)"
+        eval_dir = out_dir / "eval" / model.replace(" ", "_")  # one sweep folder per model, a subfolder per task
+        for group in task_groups():
+            env = run_eval_values(model_dir, group, EVALUATION["SEEDS"], parts["tasks"], eval_dir)
+            title = f"fine-tune and score the {model} on {' and '.join(group)} (run_eval.sh)"
             run_stage("quickstart", title, ["bash", "run_eval.sh"], repo(), out_dir, env)
             # Read now: run_eval.sh's summary covers the tasks of its own call.
-            scores.setdefault(model, {})[task] = read_scores(eval_dir)[task]
+            scores.setdefault(model, {}).update({task: read_scores(eval_dir)[task] for task in group})
     floor = majority_class_scores(tasks, parts["tasks"])
     parameters = {model: count_parameters(model_dir) for model, model_dir in model_dirs.items()}
     timings = timing_summary(out_dir)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +158,40 @@ def test_the_machine_line_names_whether_bf16_is_native():
     assert quickstart.native_bf16_flags() == quickstart.NATIVE_BF16_FLAGS
     named = ", ".join(quickstart.NATIVE_BF16_FLAGS) or "no native bf16"
     assert f" ({named}), {os.cpu_count()} cores, " in quickstart.machine_description()
+
+
+def test_each_model_is_fine_tuned_once_for_both_tasks(tmp_path, monkeypatch, tiny_student_dir, teacher_dir, tasks_dir):
+    """main over a finished distillation, with run_eval.sh replaced by the summary it writes: the two tasks share
+    their arguments, so each model is one run_eval.sh call of 6 runs, two at a time, and the table reads them."""
+    out = tmp_path / "quickstart"
+    quickstart.prepare_output_dir(out)
+    distilled, _ = tiny_student_dir
+    shutil.copytree(distilled, out / "distill" / "student")
+    (out / "distill" / "trainer_state.json").write_text("{}")
+    calls = []
+
+    def fake_run_eval(tool, title, command, cwd, out_dir, env):
+        calls.append((title, env))
+        median = {"distilled_student": 60.0, "random_student": 50.0, "teacher": 70.0}[Path(env["OUTPUT_DIR"]).name]
+        rows = "".join(f"{task},accuracy,{median},{median - 1},{median + 1},3e-4\n" for task in env["TASKS"].split())
+        Path(env["OUTPUT_DIR"]).mkdir(parents=True, exist_ok=True)
+        (Path(env["OUTPUT_DIR"]) / "summary.csv").write_text(
+            "task,metric,best_dev_score,seed_min,seed_max,best_learning_rate\n" + rows
+        )
+
+    monkeypatch.setattr(quickstart, "run_stage", fake_run_eval)
+    monkeypatch.setattr(quickstart, "check_assets", lambda assets: {"teacher": teacher_dir, "tasks": tasks_dir})
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--output_dir", str(out)])
+    assert exit_info.value.code == 0, "the distilled student's medians beat the random student's"
+    assert [title for title, _ in calls] == [
+        f"fine-tune and score the {model} on tweet_sentiment and bbc_news (run_eval.sh)" for model in quickstart.MODELS
+    ]
+    for _, env in calls:
+        assert (env["TASKS"], env["SEEDS"], env["PARALLEL"]) == ("tweet_sentiment bbc_news", "1 2 3", "2")
+        assert "--max_train_samples 1000 --max_seq_length 64" in env["EXTRA_ARGS"]
+    assert [env["MODEL_DIR"] for _, env in calls] == [
+        str(out / "distill" / "student"), str(out / "random_student"), str(teacher_dir)
+    ]  # fmt: skip
+    table = (out / "quickstart_results.md").read_text()
+    assert "| teacher | 22.7M | 70.00 (69.00-71.00) | 70.00 (69.00-71.00) |" in table

@@ -9,7 +9,7 @@ import pytest
 
 from minilmv2.checkpoints import COMPLETE_MARKER
 from minilmv2.errors import UsageError
-from minilmv2.tools import init_ablation
+from minilmv2.tools import init_ablation, quickstart
 from minilmv2.tools.stages import STAGE_SECONDS_FILE
 
 
@@ -189,8 +189,8 @@ def test_a_lone_fine_tuning_run_gets_both_cores(tmp_path, recorded_stages, seeds
 
 
 def test_tasks_that_share_their_arguments_are_fine_tuned_in_one_call(monkeypatch):
-    monkeypatch.setattr(init_ablation, "TASK_EXTRA_ARGS", {"a": "--x 1", "b": "--x 2", "c": "--x 1"})
-    assert init_ablation.task_groups() == [["a", "c"], ["b"]]
+    monkeypatch.setattr(quickstart, "TASK_EXTRA_ARGS", {"a": "--x 1", "b": "--x 2", "c": "--x 1"})
+    assert quickstart.task_groups() == [["a", "c"], ["b"]]
 
 
 TWO_TASKS = ["tweet_sentiment", "bbc_news"]
