@@ -200,16 +200,17 @@ def check_values(folder: Path, values: dict, name: str = "--output_dir", record:
         recorded.write_text(json.dumps(values, indent=2) + "\n")
 
 
-def check_seed_count(eval_dir: Path, tasks: list[str], seeds: str) -> None:
+def check_seed_count(eval_dir: Path, tasks: list[str], seeds: str, name: str = "--output_dir") -> None:
     """A sweep's summary covers every run in its folder: refuse a table whose median would mix in seeds of an
-    earlier call (say --seeds "1 2 3" then "1"). The summary is read once for all `tasks`."""
+    earlier call (say --seeds "1 2 3" then "1"). The summary is read once for all `tasks`; `name` is the option
+    that gave the folder."""
     with (eval_dir / "summary.csv").open(newline="") as handle:
         counts = {row["task"]: row["seeds"] for row in csv.DictReader(handle) if row["metric"]}
     for task in tasks:
         if counts.get(task) != str(len(seeds.split())):
             raise UsageError(
                 f"{eval_dir / task} holds runs of {counts.get(task)} seeds, not the {len(seeds.split())} asked for "
-                f"({seeds}); give the same seeds as before or another --output_dir"
+                f"({seeds}); give the same seeds as before or another {name}"
             )
 
 
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UsageError(f"--results_from {str(args.results_from)!r} holds no {VALUES_FILE}: give the folder "
                              "a --copy_results_to call filled")  # fmt: skip
         check_values(args.results_from, values, "--results_from", record=False)
-        table_scores(args.results_from, kept_rows, tasks, seeds)
+        table_scores(args.results_from, kept_rows, tasks, seeds, name="--results_from")
     check_values(out, values, record=False)
     table_scores(out, kept_rows, tasks, seeds)
     check_values(out, values)
@@ -373,10 +374,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table_scores(
-    out: Path, keys: list[str], tasks: list[str], seeds: dict[str, str], complete_only: bool = False, check: bool = True
+    out: Path,
+    keys: list[str],
+    tasks: list[str],
+    seeds: dict[str, str],
+    complete_only: bool = False,
+    check: bool = True,
+    name: str = "--output_dir",
 ) -> dict[str, dict[str, Score]]:
     """{model key: {task: score}} of the rows scored so far (this call or an earlier one), for the tasks their
-    summary has (`complete_only`: the rows that have them all), each checked (`check`) to cover the seeds asked."""
+    summary has (`complete_only`: the rows that have them all), each checked (`check`) to cover the seeds asked;
+    `name` is the option that gave `out`."""
     scores = {}
     for key in keys:
         eval_dir = out / "eval" / key
@@ -384,7 +392,7 @@ def table_scores(
             continue
         row = {task: score for task, score in read_scores(eval_dir).items() if task in tasks}
         if check:
-            check_seed_count(eval_dir, list(row), seeds[key])
+            check_seed_count(eval_dir, list(row), seeds[key], name)
         if row and (len(row) == len(tasks) or not complete_only):
             scores[key] = row
     return scores

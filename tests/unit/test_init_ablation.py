@@ -350,4 +350,5 @@ def test_kept_rows_with_other_seeds_are_refused_before_any_work(tmp_path, fake_r
         init_ablation.main(["--assets", common[1], "--seeds", "1 2", "--output_dir", str(tmp_path / "second"),
                             "--results_from", str(kept), "--models", "random_student"])  # fmt: skip
     assert exit_info.value.code == 2 and stages == [] and not (tmp_path / "second").exists()
-    assert "holds runs of 1 seeds, not the 2 asked for (1 2)" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "not the 2 asked for (1 2); give the same seeds as before or another --results_from" in error
