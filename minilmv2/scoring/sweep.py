@@ -163,6 +163,14 @@ def check_grid(rates: list[str], epochs: list[str], seeds: list[str]) -> None:
     for seed in seeds:
         if not seed.isdigit():
             raise UsageError(f"seed '{seed}' in SEEDS is not a non-negative integer")
+    # A value given twice ("7 7", or "1e-3 0.001" in two folders) asks for one run twice: time spent for nothing, and
+    # a seed median that would weigh that run double.
+    for name, values, as_number in (("LEARNING_RATES", rates, float), ("EPOCHS", epochs, float), ("SEEDS", seeds, int)):
+        for index, value in enumerate(values):
+            twin = next((earlier for earlier in values[:index] if as_number(earlier) == as_number(value)), None)
+            if twin is not None:
+                same = f"'{value}' twice" if twin == value else f"'{twin}' and '{value}', the same value"
+                raise UsageError(f"{name} gives {same}; give each value once")
 
 
 def read_settings(env: dict) -> Settings:

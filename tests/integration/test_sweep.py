@@ -133,6 +133,11 @@ def test_gpu_ids_are_passed_verbatim(assets, tmp_path):
         ({"PARALLEL": "two"}, "PARALLEL=two must be a whole number of runs at a time, 1 or more"),
         ({"EXTRA_ARGS": "--max_seq_length 256"}, "EXTRA_ARGS asks for --max_seq_length 256, but the model has 128 "
          "positions; give at most 128"),
+        ({"SEEDS": "7 8 7"}, "SEEDS gives '7' twice; give each value once"),
+        ({"SEEDS": "7 07"}, "SEEDS gives '7' and '07', the same value; give each value once"),
+        ({"LEARNING_RATES": "1e-3 0.001"}, "LEARNING_RATES gives '1e-3' and '0.001', the same value; give each value "
+         "once"),
+        ({"EPOCHS": "1 1.0"}, "EPOCHS gives '1' and '1.0', the same value; give each value once"),
     ],
 )  # fmt: skip
 def test_bad_devices_and_lengths_are_refused_before_any_run(assets, tmp_path, overrides, message):
