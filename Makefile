@@ -37,7 +37,7 @@ init-ablation: setup assets
 	HF_HUB_OFFLINE=1 $(PY) -m minilmv2.tools.init_ablation --output_dir runs/init_ablation
 
 # The same at the paper's shape, offline: the 12 x 768 MPNet teacher (404 MB, fetched here once) -> 6 x 384, A_r 48,
-# 1,000 steps per init (69 min each on 2 CPU cores with bf16), then 5 models x 2 tasks x 3 seeds of fine-tuning
+# 1,000 steps per init (32-69 min each on 2 CPU cores with bf16), then 5 models x 2 tasks x 3 seeds of fine-tuning
 # (several hours; resumable: the same command goes on where it stopped).
 paper-shape: setup assets
 	$(PY) -m minilmv2.tools.assets --only mpnet_teacher

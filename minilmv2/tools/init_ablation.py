@@ -6,7 +6,7 @@ Two shapes (--shape):
 - `quickstart`: the packaged 6 x 384 teacher -> 4 x 256 at the quickstart's budget (600 steps; values in
   minilmv2/tools/quickstart.py);
 - `paper`: the paper's shape, offline: the 12 x 768 MPNet teacher (`python -m minilmv2.tools.assets --mpnet`) ->
-  6 x 384 x 12 heads, A_r 48, its last layer, 1,000 steps per init: about an hour of this project's 2-core CPU
+  6 x 384 x 12 heads, A_r 48, its last layer, 1,000 steps per init: 32 to 69 min on this project's 2-core CPUs
   with native bf16 (PAPER_SHAPE below).
 
 For a shape, this:
@@ -145,9 +145,9 @@ def steps_saved(curves: dict[str, list[tuple[int, float]]], eval_every: int) -> 
     target = curves["random"][-1]
     reached = next((step for step, loss in curves["teacher_embeddings"] if loss <= target[1]), None)
     if reached is None:
-        return f"the teacher-embedding start did not reach the random start's final loss {target[1]:.4f}"
+        return f"The teacher-embedding start did not reach the random start's final loss {target[1]:.4f}"
     return (
-        f"the teacher-embedding start reached the random start's final held-out loss ({target[1]:.4f} at step "
+        f"The teacher-embedding start reached the random start's final held-out loss ({target[1]:.4f} at step "
         f"{target[0]}) at step {reached} (held-out loss measured every {eval_every} steps)"
     )
 

@@ -1,4 +1,4 @@
-"""`make quickstart`: the whole mission on a laptop-sized default, offline, in 15 to 26 minutes on 2 CPU cores.
+"""`make quickstart`: the whole mission on a laptop-sized default, offline, in 15-26 min on 2 CPU cores with bf16.
 
     python -m minilmv2.tools.quickstart [--output_dir runs/quickstart] [--assets .assets]
 

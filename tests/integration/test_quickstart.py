@@ -1,4 +1,4 @@
-"""The quickstart driver's own pieces (the full `make quickstart` run takes 15 to 26 minutes and is not a test).
+"""The quickstart driver's own pieces (the full `make quickstart` run takes 15-26 min and is not a test).
 
 Real tiny models saved to disk, the real teacher's tokenizer, the real table/PNG writer.
 """
