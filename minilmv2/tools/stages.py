@@ -37,7 +37,8 @@ def parse_seeds(text: str, name: str = "SEEDS") -> list[int]:
     from minilmv2.errors import UsageError
 
     words = text.replace(",", " ").split()
-    if not words or not all(word.isdigit() for word in words) or len(set(words)) != len(words):
+    # Compared as numbers: "1 01" is seed 1 twice, which run_eval.sh would refuse only after the tool's first stages.
+    if not words or not all(word.isdigit() for word in words) or len({int(word) for word in words}) != len(words):
         raise UsageError(f'{name} {text!r} must be distinct whole numbers separated by spaces, e.g. "1 2 3"')
     return [int(word) for word in words]
 

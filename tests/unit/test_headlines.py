@@ -76,6 +76,6 @@ def test_seeds_are_parsed_or_refused_in_one_line(tmp_path, capsys, monkeypatch):
         "error: SEEDS '1 two' must be distinct whole numbers separated by spaces, e.g. \"1 2 3\""
     )
     assert not (tmp_path / "out").exists()
-    for bad in ("", "1 1", "-3"):
+    for bad in ("", "1 1", "1 01", "-3"):
         with pytest.raises(UsageError):
             parse_seeds(bad)
